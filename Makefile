@@ -1,0 +1,34 @@
+# `make demo` and `make test` create or update the local virtual environment, then run.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.regionbench-installed
+
+.PHONY: demo test test-slow install clean-demo
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip wheel setuptools
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet cython numpy==2.4.6
+	$(PY) -m pip install --quiet --no-build-isolation fast-slic==0.4.0
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+# generate the mini VOC set -> extract region shards -> train -> evaluate, then print the table
+demo: $(STAMP)
+	@start=$$(date +%s); \
+	$(PY) -m bench.extract experiment=quickstart && \
+	$(PY) train.py experiment=quickstart && \
+	$(PY) eval.py experiment=quickstart && \
+	echo "demo wall time: $$(( $$(date +%s) - start )) s"
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow
+
+clean-demo:
+	rm -rf data/minivoc data/shards/minivoc results/quickstart

@@ -1,0 +1,169 @@
+"""Configuration: OmegaConf in three layers, in struct mode.
+
+    defaults (bench/defaults.yaml)  <-  experiments/<name>.yaml  <-  key=value overrides
+
+An experiment file states only what differs from the defaults (no inheritance
+chains). An unknown key anywhere is an error that names the key and the nearest
+valid ones. Every run saves its resolved config beside its results.
+
+A results table is declared in the experiment under ``table:``: ``rows`` and
+``columns`` map a name to a dict of dotted overrides. A *cell* is ``row/column``;
+``cell_config(cfg, "region_linear/minivoc")`` applies both override dicts.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Iterable
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULTS = Path(__file__).with_name("defaults.yaml")
+EXPERIMENTS_DIR = Path(os.environ.get("REGIONBENCH_EXPERIMENTS", REPO_ROOT / "experiments"))
+
+
+# Nodes whose keys are the user's own names (table rows, columns, reference numbers).
+OPEN_NODES = ("table.rows", "table.columns", "table.reference")
+
+
+class ConfigError(ValueError):
+    """A config key, value or file that the user must fix."""
+
+
+def _all_keys(node, prefix: str = "") -> list[str]:
+    keys = []
+    for key in node:
+        full = f"{prefix}{key}"
+        keys.append(full)
+        value = node._get_node(key)
+        if isinstance(value, DictConfig) and not value._is_missing() and not value._is_none():
+            keys.extend(_all_keys(value, full + "."))
+    return keys
+
+
+def nearest_keys(cfg: DictConfig, key: str, n: int = 3) -> list[str]:
+    """The valid dotted keys of ``cfg`` closest to ``key``: same last component first
+    ('lr' -> 'model.lr'), then the closest spellings of the full key and of its last part."""
+    keys = _all_keys(cfg)
+    leaf = key.rsplit(".", 1)[-1]
+    leaves: dict[str, list[str]] = {}
+    for k in keys:
+        leaves.setdefault(k.rsplit(".", 1)[-1], []).append(k)
+    found = list(leaves.get(leaf, []))
+    found += difflib.get_close_matches(key, keys, n=n, cutoff=0.6)
+    for close in difflib.get_close_matches(leaf, list(leaves), n=n, cutoff=0.6):
+        found += leaves[close]
+    return list(dict.fromkeys(k for k in found if k != key))[:n]
+
+
+def _unknown_key_error(cfg: DictConfig, key: str, source: str) -> ConfigError:
+    close = nearest_keys(cfg, key)
+    hint = f" Did you mean: {', '.join(close)}?" if close else ""
+    return ConfigError(f"unknown config key '{key}' (from {source}).{hint}")
+
+
+def _merge_checked(base: DictConfig, update: DictConfig, source: str) -> DictConfig:
+    """Merge ``update`` into ``base``; an unknown key names its nearest valid keys."""
+    for key in _all_keys(update):
+        if OmegaConf.select(base, key, default="__missing__") == "__missing__":
+            parent = key.rsplit(".", 1)[0] if "." in key else ""
+            parent_node = OmegaConf.select(base, parent) if parent else base
+            # A key under an open (non-struct) dict such as table.rows is allowed.
+            if isinstance(parent_node, DictConfig) and OmegaConf.is_struct(parent_node):
+                raise _unknown_key_error(base, key, source)
+            if parent_node is None:  # a None-valued section being filled in
+                continue
+    try:
+        return OmegaConf.merge(base, update)
+    except (ConfigAttributeError, ConfigKeyError) as err:
+        raise _unknown_key_error(base, str(err.full_key), source) from err
+
+
+def parse_overrides(argv: Iterable[str]) -> tuple[str | None, list[str]]:
+    """Split ``experiment=NAME`` from the other ``key=value`` arguments."""
+    experiment, rest = None, []
+    for arg in argv:
+        if "=" not in arg:
+            raise ConfigError(f"argument '{arg}' is not key=value (example: trainer.devices=2)")
+        key, value = arg.split("=", 1)
+        if key == "experiment":
+            experiment = value
+        else:
+            rest.append(arg)
+    return experiment, rest
+
+
+def experiment_path(name: str) -> Path:
+    path = Path(name) if name.endswith((".yaml", ".yml")) else EXPERIMENTS_DIR / f"{name}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
+        raise ConfigError(f"experiment file {path} not found. Known experiments: {', '.join(known)}")
+    return path
+
+
+def load_config(argv: Iterable[str] = (), experiment: str | None = None) -> DictConfig:
+    """Defaults <- experiment file <- overrides, resolved lazily, in struct mode."""
+    exp_from_argv, overrides = parse_overrides(argv)
+    experiment = exp_from_argv or experiment
+    cfg = OmegaConf.load(DEFAULTS)
+    OmegaConf.set_struct(cfg, True)
+    for node in OPEN_NODES:
+        OmegaConf.set_struct(OmegaConf.select(cfg, node), False)
+    if experiment:
+        path = experiment_path(experiment)
+        cfg = _merge_checked(cfg, OmegaConf.load(path), str(path))
+        cfg.experiment = Path(experiment).stem
+    if overrides:
+        cfg = _merge_checked(cfg, OmegaConf.from_dotlist(overrides), "command line")
+    OmegaConf.set_struct(cfg, True)
+    return cfg
+
+
+def apply_overrides(cfg: DictConfig, overrides: dict | DictConfig, source: str) -> DictConfig:
+    """Apply a dict of dotted ``key: value`` overrides (a table row or column)."""
+    update = OmegaConf.create()
+    for key, value in (overrides or {}).items():
+        OmegaConf.update(update, key, value, force_add=True)
+    merged = _merge_checked(cfg, update, source)
+    OmegaConf.set_struct(merged, True)
+    return merged
+
+
+def table_cells(cfg: DictConfig) -> list[str]:
+    """All ``row/column`` cell names of the experiment's table, in declaration order."""
+    table = cfg.table
+    if not table.rows:
+        return []
+    columns = list(table.columns) if table.columns else ["default"]
+    return [f"{row}/{col}" for row in table.rows for col in columns]
+
+
+def cell_config(cfg: DictConfig, cell: str) -> DictConfig:
+    """The config of one table cell: the experiment with its row and column overrides."""
+    cells = table_cells(cfg)
+    if cell not in cells:
+        raise ConfigError(f"cell '{cell}' is not in experiment '{cfg.experiment}'. Cells: {', '.join(cells)}")
+    row, col = cell.split("/", 1)
+    out = apply_overrides(cfg, cfg.table.rows[row], f"table.rows.{row}")
+    if cfg.table.columns:
+        out = apply_overrides(out, cfg.table.columns[col], f"table.columns.{col}")
+    out.cell = cell
+    return out
+
+
+def selected_cells(cfg: DictConfig) -> list[str]:
+    """The cells this invocation runs: ``cell=...`` if given, else every cell."""
+    if cfg.cell:
+        return [str(cfg.cell)]
+    return table_cells(cfg) or ["default/default"]
+
+
+def save_config(cfg: DictConfig, path: Path) -> None:
+    """Write the resolved config (atomically) so a run can be reproduced."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    os.replace(tmp, path)

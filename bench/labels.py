@@ -1,0 +1,37 @@
+"""Region labels from ground truth: per-region class histograms and the labelling rule."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def class_histogram(masks: np.ndarray, label: np.ndarray, num_classes: int, ignore_index: int = 255) -> np.ndarray:
+    """Pixel counts of each class inside each region.
+
+    masks (R, H, W) bool, label (H, W) int with values in [0, C) or ``ignore_index``
+    -> (R, C + 1) int32; column C counts ignore pixels.
+    """
+    flat = label.reshape(-1).astype(np.int64)
+    bad = (flat != ignore_index) & ((flat < 0) | (flat >= num_classes))
+    if bad.any():
+        raise ValueError(f"label values {sorted(set(flat[bad].tolist()))[:10]} are outside [0, {num_classes}) "
+                         f"and not the ignore index {ignore_index}: check dataset.num_classes")
+    flat = np.where(flat == ignore_index, num_classes, flat)
+    onehot = np.zeros((flat.size, num_classes + 1), dtype=np.float32)
+    onehot[np.arange(flat.size), flat] = 1.0
+    counts = masks.reshape(len(masks), -1).astype(np.float32) @ onehot  # exact: counts < 2**24
+    return np.rint(counts).astype(np.int32)
+
+
+def region_labels(hist: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """The training label of each region, or -1 for regions left out of the loss.
+
+    hist (N, C + 1) pixel counts (last column: ignore pixels) -> (N,) int64.
+    A region takes its majority class when that class covers strictly more than
+    ``threshold`` of the region's pixels, ignore pixels included in the total (the
+    paper's rule); ties go to the lower class id.
+    """
+    total = hist.sum(dim=1)
+    count, cls = hist[:, :-1].max(dim=1)  # max returns the first maximum: lower id wins ties
+    keep = (count.double() > threshold * total.double()) & (count > 0)
+    return torch.where(keep, cls, torch.full_like(cls, -1))

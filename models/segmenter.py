@@ -1,0 +1,171 @@
+"""LightningModules for semantic segmentation from region shards.
+
+``RegionSegmenter`` classifies region vectors (the paper's method); ``PatchSegmenter`` is the
+patch-grid baseline. Both are scored the same way: pixel predictions accumulated into one
+dataset-level confusion matrix (``bench.metrics.SegmentationMetric``), synced across ranks once
+per epoch.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics.aggregation import SumMetric
+
+from bench.extract import decode_rles
+from bench.labels import region_labels
+from bench.metrics import NO_PREDICTION, SegmentationMetric, paint_regions
+from models.decoders import build_decoder
+
+LOSS_WEIGHTINGS = ("area", "none", "l2")
+
+
+def weighted_cross_entropy(logits: Tensor, labels: Tensor, areas: Tensor, weighting: str) -> Tensor:
+    """Cross-entropy over labelled regions (label >= 0).
+
+    logits (N, C), labels (N,) with -1 = left out, areas (N,) pixel counts -> scalar.
+    ``area``: sum_i a_i CE_i / sum_i a_i, each region weighted by its pixel count;
+    ``none``: plain mean; ``l2``: the released code's mean_i (a_i / ||a||_2) CE_i.
+    """
+    keep = labels >= 0
+    if not keep.any():
+        return logits.sum() * 0.0  # keeps the graph (and DDP's gradient hooks) alive
+    ce = F.cross_entropy(logits[keep], labels[keep], reduction="none")
+    a = areas[keep].to(ce.dtype)
+    if weighting == "area":
+        return (a * ce).sum() / a.sum()
+    if weighting == "l2":
+        return (a / a.norm() * ce).mean()
+    return ce.mean()
+
+
+class Segmenter(pl.LightningModule):
+    """Shared optimisation, evaluation, prediction saving and the exactly-once check."""
+
+    def __init__(self, in_dim: int, num_classes: int, decoder: str = "linear", label_threshold: float = 0.5,
+                 loss_weighting: str = "area", lr: float = 3e-3, weight_decay: float = 0.01,
+                 scheduler: str = "cosine", uncovered: str = "miss", ignore_index: int = 255):
+        if loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"model.loss_weighting={loss_weighting!r}; valid: {', '.join(LOSS_WEIGHTINGS)}")
+        super().__init__()
+        self.save_hyperparameters()  # plain values only: load_from_checkpoint rebuilds the module
+        self.decoder = build_decoder(decoder, in_dim, num_classes)
+        self.val_metric = SegmentationMetric(num_classes, ignore_index)
+        self.test_metric = SegmentationMetric(num_classes, ignore_index)
+        self.test_images = SumMetric()
+        self.prediction_dir: Path | None = None  # set by eval to write VOC-layout PNGs
+        self.expected_test_images: int | None = None  # set by eval from the shard manifest
+        self.test_results: dict | None = None
+
+    # -- to implement: pixel predictions (H, W) per image, NO_PREDICTION where undecided
+    def predict_pixels(self, batch: dict) -> list[Tensor]:
+        raise NotImplementedError
+
+    def configure_optimizers(self):
+        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        if self.hparams.scheduler == "none":
+            return opt
+        epochs = max(int(self.trainer.max_epochs or 1), 1)
+        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)}
+
+    def _score(self, batch: dict, metric: SegmentationMetric) -> list[Tensor]:
+        preds = self.predict_pixels(batch)
+        for pred, label in zip(preds, batch["labels"]):
+            metric.update(pred, label.to(pred.device))
+        return preds
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._score(batch, self.val_metric)
+
+    def on_validation_epoch_end(self) -> None:
+        results = self.val_metric.compute()
+        self.log("val/miou", results["miou"], prog_bar=True, sync_dist=False)  # already synced
+        self.val_metric.reset()
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        preds = self._score(batch, self.test_metric)
+        self.test_images.update(torch.tensor(float(len(preds))))
+        if self.prediction_dir is not None:
+            from datamodules.voc import save_label_png
+
+            self.prediction_dir.mkdir(parents=True, exist_ok=True)
+            for key, pred in zip(batch["keys"], preds):
+                # The VOC server takes 0..20 only: undecided pixels are written as background.
+                png = torch.where(pred == NO_PREDICTION, 0, pred).to(torch.uint8).cpu().numpy()
+                save_label_png(self.prediction_dir / f"{key}.png", png)
+
+    def on_test_epoch_end(self) -> None:
+        results = self.test_metric.compute()
+        seen = int(self.test_images.compute())
+        if self.expected_test_images is not None and seen != self.expected_test_images:
+            raise RuntimeError(f"evaluation scored {seen} images but the shard manifest lists "
+                               f"{self.expected_test_images}: samples were lost or read twice")
+        results["num_images"] = seen
+        self.test_results = results
+        self.log("test/miou", results["miou"], sync_dist=False)
+        self.test_metric.reset()
+        self.test_images.reset()
+
+
+class RegionSegmenter(Segmenter):
+    """Classifies each region's pooled feature; pixels take the mean of covering regions' probabilities."""
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        labels = region_labels(batch["hist"], self.hparams.label_threshold)
+        loss = weighted_cross_entropy(self.decoder(batch["feats"]), labels, batch["areas"],
+                                      self.hparams.loss_weighting)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["keys"]))
+        self.log("train/labelled_regions", (labels >= 0).float().mean(), batch_size=len(batch["keys"]))
+        return loss
+
+    def predict_pixels(self, batch: dict) -> list[Tensor]:
+        probs = self.decoder(batch["feats"]).softmax(dim=1)
+        preds = []
+        for i, (rles, label) in enumerate(zip(batch["rles"], batch["labels"])):
+            if not rles:
+                preds.append(torch.full(label.shape, NO_PREDICTION, dtype=torch.int64, device=probs.device))
+                continue
+            masks = torch.from_numpy(decode_rles(rles)).to(probs.device)
+            pred, _ = paint_regions(probs[batch["image_index"] == i], masks, self.hparams.uncovered)
+            preds.append(pred)
+        return preds
+
+
+class PatchSegmenter(Segmenter):
+    """Baseline: a decoder on every patch vector, logits bilinearly upsampled to pixels.
+
+    Trained per pixel (cross-entropy over all non-ignored pixels); ``label_threshold`` and
+    ``loss_weighting`` do not apply.
+    """
+
+    def pixel_logits(self, patches: Tensor, meta: dict) -> Tensor:
+        """patches (d, h, w) -> (C, H, W) logits at image resolution (upsample, crop the padding)."""
+        d, h, w = patches.shape
+        p = meta["patch_size"]
+        logits = self.decoder(patches.reshape(d, h * w).T).T.reshape(1, -1, h, w)
+        logits = F.interpolate(logits, size=(h * p, w * p), mode="bilinear", align_corners=False)[0]
+        top, left = meta["pad"]
+        return logits[:, top:top + meta["height"], left:left + meta["width"]]
+
+    def training_step(self, batch: dict, batch_idx: int) -> Tensor:
+        if "patches" not in batch:
+            raise RuntimeError("model.kind=patch needs shards with the patch grid: extract with extract.patches=true")
+        losses, pixels = [], 0
+        for patches, meta, label in zip(batch["patches"], batch["metas"], batch["labels"]):
+            logits = self.pixel_logits(patches, meta)
+            losses.append(F.cross_entropy(logits[None], label[None].to(logits.device),
+                                          ignore_index=self.hparams.ignore_index, reduction="sum"))
+            pixels += int((label != self.hparams.ignore_index).sum())
+        loss = torch.stack(losses).sum() / max(pixels, 1)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["keys"]))
+        return loss
+
+    def predict_pixels(self, batch: dict) -> list[Tensor]:
+        return [self.pixel_logits(patches, meta).argmax(0)
+                for patches, meta in zip(batch["patches"], batch["metas"])]
+
+
+MODELS = {"region": RegionSegmenter, "patch": PatchSegmenter}

@@ -1,0 +1,61 @@
+"""Train every cell of an experiment (or one: cell=row/column), then score it on the val split.
+
+    python train.py experiment=quickstart [key=value ...]
+
+Each cell's run directory, results/<experiment>/<row>/<column>/, receives config.yaml,
+checkpoints/last.ckpt (one per epoch: a killed run resumes there), logs/ and metrics.json.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig
+
+from bench.config import cell_config, load_config, save_config, selected_cells
+from bench.runs import (build_datamodule, build_model, build_trainer, check_shards, run_dir, skipped_report,
+                        summarize, write_json)
+from datamodules.datasets import class_names
+
+log = logging.getLogger("regionbench.train")
+
+
+def train_cell(cfg: DictConfig) -> dict:
+    """Fit one cell's model and return its val metrics (also written to metrics.json)."""
+    directory = run_dir(cfg)
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = build_datamodule(cfg)
+    check_shards(cfg, datamodule, cfg.dataset.train_split)
+    manifest = check_shards(cfg, datamodule, cfg.dataset.val_split)
+    model = build_model(cfg, manifest)
+    save_config(cfg, directory / "config.yaml")
+    trainer = build_trainer(cfg, directory)
+    last = directory / "checkpoints" / "last.ckpt"
+    start = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule, ckpt_path=str(last) if cfg.resume and last.is_file() else None)
+    model.expected_test_images = manifest["num_samples"]
+    trainer.test(model, datamodule=datamodule, verbose=False)
+    metrics = {**model.test_results, "experiment": cfg.experiment, "cell": cfg.cell,
+               "class_names": class_names(cfg.dataset), "train_seconds": round(time.perf_counter() - start, 1),
+               "epochs": trainer.current_epoch, "skipped": skipped_report(
+                   datamodule, [cfg.dataset.train_split, cfg.dataset.val_split])}
+    if trainer.is_global_zero:
+        write_json(directory / "metrics.json", metrics)
+    log.info("%s: %s", cfg.cell, summarize(metrics, metrics["class_names"]))
+    return metrics
+
+
+def train(cfg: DictConfig) -> dict[str, dict]:
+    """Every selected cell; returns {cell: metrics}."""
+    results = {}
+    for cell in selected_cells(cfg):
+        ccfg = cell_config(cfg, cell) if cfg.table.rows else cfg
+        results[cell] = train_cell(ccfg)
+    return results
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    train(load_config(sys.argv[1:]))
