@@ -167,7 +167,7 @@ class SegmentationMetric(Metric):
 
         def on_validation_epoch_end(self):
             results = self.val_metric.compute()          # collective: every rank must call it
-            self.log("val/miou", results["miou"], sync_dist=True)  # same value on every rank
+            self.log("val/miou", results["miou"])  # already synced: same value on every rank
             self.val_metric.reset()                      # also drops the sanity-check batches
 
     and on test epoch end keep ``results`` for train.py to write to metrics.json (on rank 0).
@@ -252,7 +252,7 @@ def paint_regions(
     missing = coverage == 0
     if uncovered == "background":
         pred[missing] = 0
-    elif uncovered == "nearestX" and missing.any() and not missing.all():
+    elif uncovered == "nearest" and missing.any() and not missing.all():
         from scipy import ndimage
 
         # For every uncovered (non-zero) pixel, the (row, col) of the nearest covered (zero) one.
