@@ -83,7 +83,7 @@ class Extractor:
                 "pad": [(h * p - height) // 2, (w * p - width) // 2]}
         return shards.encode_sample(
             key, feats=feats, rles=encode_rles(masks) if len(masks) else [],
-            areas=masks.reshape(len(masks), -1).sum(axis=1),
+            areas=masks.sum(axis=(1, 2)),
             hist=class_histogram(masks, label, self.num_classes, self.ignore_index)
             if len(masks) else np.zeros((0, self.num_classes + 1), np.int32),
             label=label, meta=meta, patches=grid.numpy() if self.patches else None)
@@ -131,8 +131,8 @@ def process_split(cfg: DictConfig, extractor: Extractor, split: str, index: int,
         "feature_dim": extractor.backbone.embed_dim,
         "num_classes": cfg.dataset.num_classes,
         "has_patches": bool(cfg.extract.patches),
-        "config": OmegaConf.to_container(
-            OmegaConf.masked_copy(cfg, ["dataset", "regions", "backbone", "pooling", "extract"]), resolve=True),
+        "config": {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items()
+                   if k in ("dataset", "regions", "backbone", "pooling", "extract")},
     }
     info["config"]["extract"].pop("index", None), info["config"]["extract"].pop("count", None)
     manifest = shards.merge_manifest(split_dir, plan, info)

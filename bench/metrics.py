@@ -192,7 +192,8 @@ class SegmentationMetric(Metric):
         self.confmat += confusion_matrix(pred, target, self.num_classes, self.ignore_index)
 
     def compute(self) -> dict:
-        return iou_from_confusion(self.confmat)
+        """``iou_from_confusion`` of the synced matrix, plus the matrix itself as ``confusion``."""
+        return {**iou_from_confusion(self.confmat), "confusion": self.confmat.tolist()}
 
 
 def paint_regions(

@@ -5,6 +5,7 @@ import json
 import logging
 import math
 import os
+import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
@@ -15,6 +16,21 @@ from datamodules.region_shards import RegionShardDataModule
 from models.segmenter import MODELS
 
 log = logging.getLogger("regionbench")
+
+
+def _quiet_lightning() -> None:
+    """Drop Lightning's advertising tips and two warnings that do not apply to RegionBench."""
+    class NoTips(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return "Tip:" not in str(record.msg)
+
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning.pytorch.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(NoTips())
+    # Our streams compute __len__ per rank and worker exactly (datamodules/region_shards.py).
+    warnings.filterwarnings("ignore", message=r".*IterableDataset.*has `__len__` defined")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+    # Epoch-level values are synced by the metric itself before logging.
+    warnings.filterwarnings("ignore", message=r".*sync_dist=True.*when logging on epoch level")
 
 
 def run_dir(cfg: DictConfig) -> Path:
@@ -74,6 +90,7 @@ def build_logger(cfg: DictConfig, directory: Path):
 
 
 def build_trainer(cfg: DictConfig, directory: Path, checkpoints: bool = True) -> pl.Trainer:
+    _quiet_lightning()
     callbacks = []
     if checkpoints:
         callbacks.append(pl.callbacks.ModelCheckpoint(dirpath=directory / "checkpoints", save_last=True,

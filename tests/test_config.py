@@ -1,0 +1,72 @@
+"""Config layers, struct mode, table cells, and every experiment file."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from bench.config import (EXPERIMENTS_DIR, ConfigError, cell_config, load_config, save_config, selected_cells,
+                          table_cells)
+
+
+def test_layers_defaults_then_experiment_then_command_line():
+    base = load_config([])
+    assert base.model.kind == "region" and base.trainer.devices == 1 and base.experiment is None
+    exp = load_config(["experiment=quickstart"])
+    assert exp.experiment == "quickstart" and "region_linear" in exp.table.rows
+    over = load_config(["experiment=quickstart", "trainer.devices=2", "model.lr=0.5"])
+    assert over.trainer.devices == 2 and over.model.lr == 0.5
+
+
+@pytest.mark.parametrize("arg,suggestion", [("model.decodr=mlp", "model.decoder"),
+                                            ("trainer.max_epoch=3", "trainer.max_epochs"),
+                                            ("lr=0.1", "model.lr")])
+def test_unknown_key_is_rejected_naming_the_nearest_valid_keys(arg, suggestion):
+    with pytest.raises(ConfigError) as err:
+        load_config(["experiment=quickstart", arg])
+    assert f"'{arg.split('=')[0]}'" in str(err.value) and suggestion in str(err.value)
+
+
+def test_unknown_key_in_an_experiment_file_names_the_file(tmp_path):
+    bad = tmp_path / "typo.yaml"
+    bad.write_text("model:\n  label_treshold: 0.3\n")
+    with pytest.raises(ConfigError, match=r"model.label_treshold.*typo.yaml.*model.label_threshold"):
+        load_config([f"experiment={bad}"])
+
+
+def test_unknown_experiment_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="quickstart"):
+        load_config(["experiment=quikstart"])
+
+
+def test_arguments_must_be_key_value():
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config(["--devices", "2"])
+
+
+def test_table_cells_apply_row_and_column_overrides():
+    cfg = load_config(["experiment=quickstart"])
+    assert table_cells(cfg) == ["patch_linear/minivoc", "region_linear/minivoc"]
+    patch = cell_config(cfg, "patch_linear/minivoc")
+    assert patch.model.kind == "patch" and patch.extract.patches and patch.regions.source == "none"
+    assert patch.extract.shard_dir.endswith("none_colortexture_mean")
+    with pytest.raises(ConfigError, match="Cells: patch_linear/minivoc"):
+        cell_config(cfg, "nope/minivoc")
+    assert selected_cells(load_config(["experiment=quickstart", "cell=region_linear/minivoc"])) == [
+        "region_linear/minivoc"]
+
+
+def test_resolved_config_is_saved(tmp_path):
+    cfg = load_config(["experiment=quickstart", f"paths.data_root={tmp_path}"])
+    save_config(cfg, tmp_path / "run" / "config.yaml")
+    saved = OmegaConf.load(tmp_path / "run" / "config.yaml")
+    assert saved.dataset.root == f"{tmp_path}/minivoc" and saved.experiment == "quickstart"
+
+
+@pytest.mark.parametrize("path", sorted(EXPERIMENTS_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_experiment_loads_and_every_cell_resolves(path: Path):
+    cfg = load_config([f"experiment={path.stem}"])
+    for cell in table_cells(cfg):
+        resolved = OmegaConf.to_container(cell_config(cfg, cell), resolve=True)
+        assert resolved["cell"] == cell

@@ -1,0 +1,116 @@
+"""End to end on the tiny MiniVOC: extract -> train -> eval -> table, DDP, unreadable images."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bench.config import cell_config
+from bench.extract import extract
+from bench.runs import run_dir
+from tests.conftest import tiny_config, tiny_overrides
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_root):
+    from train import train
+
+    return train(tiny_config(tiny_root))
+
+
+def test_train_writes_metrics_config_and_checkpoint_per_cell(tiny_root, trained):
+    cfg = tiny_config(tiny_root)
+    assert set(trained) == {"patch_linear/minivoc", "region_linear/minivoc"}
+    for cell, metrics in trained.items():
+        directory = run_dir(cell_config(cfg, cell))
+        on_disk = json.loads((directory / "metrics.json").read_text())
+        assert on_disk["miou"] == metrics["miou"] and 0.0 <= metrics["miou"] <= 1.0
+        assert on_disk["num_images"] == 6 and on_disk["epochs"] == 2
+        assert np.asarray(on_disk["confusion"]).sum() == on_disk["num_pixels"]
+        assert len(on_disk["class_names"]) == 21 and on_disk["class_names"][15] == "person"
+        assert (directory / "checkpoints" / "last.ckpt").is_file()
+        saved = (directory / "config.yaml").read_text()
+        assert f"cell: {cell}" in saved and "${" not in saved  # resolved
+
+
+def test_eval_reproduces_train_metrics_and_renders_the_table(tiny_root, trained):
+    from eval import evaluate
+
+    cfg = tiny_config(tiny_root, "save_predictions=true")
+    results = evaluate(cfg)
+    for cell in trained:
+        assert results[cell]["confusion"] == trained[cell]["confusion"]
+    table = (tiny_root / "results" / "quickstart" / "table.md").read_text()
+    assert "| patch_linear |" in table and "| region_linear |" in table
+    assert f"{100 * trained['region_linear/minivoc']['miou']:.2f}" in table
+    csv = (tiny_root / "results" / "quickstart" / "table.csv").read_text().splitlines()
+    assert csv[0].startswith("row,") and len(csv) == 3
+    pred_dir = run_dir(cell_config(cfg, "region_linear/minivoc")) / "results/VOC2012/Segmentation/comp5_val_cls"
+    pngs = sorted(pred_dir.glob("*.png"))
+    assert len(pngs) == 6
+    png = Image.open(pngs[0])
+    assert png.mode == "P" and png.size == (160, 120) and max(np.unique(np.array(png))) <= 20
+
+
+def test_resume_continues_from_the_last_checkpoint(tiny_root, trained):
+    from train import train
+
+    more = train(tiny_config(tiny_root, "cell=region_linear/minivoc", "trainer.max_epochs=3"))
+    assert more["region_linear/minivoc"]["epochs"] == 3  # 2 restored + 1 new, not 3 from scratch
+    log = run_dir(cell_config(tiny_config(tiny_root), "region_linear/minivoc"))
+    assert json.loads((log / "metrics.json").read_text())["epochs"] == 3
+
+
+def eval_confusion(root: Path, devices: int, tmp: Path) -> dict:
+    results = tmp / f"results_{devices}"
+    args = [sys.executable, "eval.py", "experiment=quickstart", *tiny_overrides(root),
+            f"paths.results_root={results}", "trainer.accelerator=cpu", f"trainer.devices={devices}",
+            "trainer.strategy=" + ("ddp" if devices > 1 else "auto")]
+    # eval reads checkpoints from the results root: give each run a copy of the trained cells
+    import shutil
+
+    shutil.copytree(root / "results", results)
+    out = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    table = [line for line in out.stdout.splitlines() if line.startswith(("patch_linear/", "region_linear/"))]
+    return {cell: json.loads((results / "quickstart" / cell / "metrics.json").read_text())
+            for cell in ("patch_linear/minivoc", "region_linear/minivoc")} | {"printed": table}
+
+
+def test_two_rank_ddp_eval_equals_one_rank(tiny_root, trained, tmp_path):
+    one = eval_confusion(tiny_root, 1, tmp_path)
+    two = eval_confusion(tiny_root, 2, tmp_path)
+    for cell in ("patch_linear/minivoc", "region_linear/minivoc"):
+        assert two[cell]["world_size"] == 2 and one[cell]["world_size"] == 1
+        assert two[cell]["confusion"] == one[cell]["confusion"]
+        assert two[cell]["num_images"] == one[cell]["num_images"] == 6
+    assert one["printed"] == two["printed"] and len(one["printed"]) == 2
+
+
+def test_corrupt_jpeg_is_counted_and_named_without_losing_other_images(tmp_path):
+    from train import train
+
+    cfg = tiny_config(tmp_path, "cell=region_linear/minivoc", "trainer.max_epochs=1")
+    from datamodules.datasets import prepare_dataset
+
+    prepare_dataset(cfg.dataset)
+    bad = Path(cfg.dataset.root) / "VOCdevkit/VOC2012/JPEGImages/mini_000013.jpg"  # a val image
+    bad.write_bytes(bad.read_bytes()[: bad.stat().st_size // 3])
+    extract(cfg)
+    metrics = train(cfg)["region_linear/minivoc"]
+    assert metrics["num_images"] == 5
+    assert [s["id"] for s in metrics["skipped"]["val"]] == ["mini_000013"]
+    assert metrics["skipped"]["val"][0]["path"].endswith("mini_000013.jpg")
+    assert metrics["skipped"]["train"] == []
+    from bench.tables import write_tables
+
+    table = write_tables(tiny_config(tmp_path), run_dir, tmp_path / "table")
+    assert "Unreadable images skipped in extraction (1): mini_000013" in table
+    assert "python train.py experiment=quickstart cell=patch_linear/minivoc" in table  # the missing cell
