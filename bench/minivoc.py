@@ -32,7 +32,7 @@ from PIL import Image
 
 from datamodules.voc import IGNORE_INDEX, IMAGE_DIR, LABEL_DIR, SPLIT_DIR, save_label_png
 
-GENERATOR_VERSION = 1  # bump when drawing changes, so old stamps stop matching
+GENERATOR_VERSION = 2  # bump when drawing changes, so old stamps stop matching
 STAMP = ".regionbench_minivoc.json"
 VOID_WIDTH = 3  # px; VOC's own band is about this wide
 MIN_SIZE, MAX_SIZE = 15, 160  # object diameter in px; median about 100 (see render_scene)
@@ -103,18 +103,18 @@ def _shape_mask(shape: str, u: np.ndarray, v: np.ndarray, rng: np.random.Generat
 
 def _texture(name: str, du: np.ndarray, dv: np.ndarray, radius: float, rng: np.random.Generator) -> np.ndarray:
     if name == "stripes":
-        return np.tanh(2.5 * np.sin(2 * np.pi * du / rng.uniform(5, 8)))
+        return np.tanh(2.5 * np.sin(2 * np.pi * du / rng.uniform(3.5, 5.5)))
     if name == "scanlines":
         return np.sin(2 * np.pi * dv / 3.0)
     if name == "checker":
-        period = rng.uniform(4, 7)
+        period = rng.uniform(2.5, 4)
         return np.sign(np.sin(np.pi * du / period) * np.sin(np.pi * dv / period))
     if name == "dots":
-        period = rng.uniform(5, 8)
+        period = rng.uniform(4, 6)
         off_u, off_v = du % period - period / 2, dv % period - period / 2
         return np.where(off_u ** 2 + off_v ** 2 <= (0.3 * period) ** 2, 1.0, -0.4)
     if name == "grid":
-        period = rng.uniform(6, 9)
+        period = rng.uniform(5, 7)
         return np.where((du % period < 1.5) | (dv % period < 1.5), 1.0, -0.3)
     if name == "noise":
         return np.clip(rng.normal(0, 0.7, du.shape), -1.5, 1.5)
@@ -175,7 +175,7 @@ def _draw_object(rng, image, label, instance, instance_id, class_id, size) -> No
     mask = _shape_mask(shape, du / radius, dv / radius, rng)
     colour = np.array(base, np.float32) * rng.uniform(0.8, 1.15) + rng.normal(0, 12, 3)
     pattern = _texture(texture, du, dv, radius, rng)
-    pixels = colour + rng.uniform(30, 50) * pattern[..., None]
+    pixels = colour + rng.uniform(18, 30) * pattern[..., None]
     image[y0:y1, x0:x1][mask] = pixels[mask]
     label[y0:y1, x0:x1][mask] = class_id
     instance[y0:y1, x0:x1][mask] = instance_id
