@@ -83,7 +83,8 @@ def pool_regions(features: torch.Tensor, masks: torch.Tensor | np.ndarray, patch
         features . (Ay^T M Ax) / |M|. The (R, h, w) weights come from batched matmuls over
         chunks of masks, then one (R, h*w) @ (h*w, d) matmul.
     max: the exact channel-wise max of the upsampled features over the mask's pixels, each
-        pixel's value computed from its 4 bilinear neighbours, in chunks of pixels.
+        pixel's value computed from its 4 bilinear neighbours, in chunks of pixels, and only at
+        the few mask pixels that can hold a maximum (see ``_max_pool``).
     downsample: each mask is placed at its padding offset in the padded frame and each patch's
         coverage (fraction of its p*p pixels in the mask) is computed; the features of the
         patches with coverage >= 0.5 are averaged with equal weights. If no patch reaches 0.5,
@@ -104,73 +105,113 @@ def pool_regions(features: torch.Tensor, masks: torch.Tensor | np.ndarray, patch
     device = features.device
     if len(masks) == 0:
         return torch.zeros(0, d, dtype=torch.float32, device=device)
-    is_empty = empty_masks(masks)
-    if empty == "error" and is_empty.any():
-        raise ValueError(f"masks {is_empty.nonzero().flatten().tolist()} are empty; drop them before "
-                         "pooling or pass empty='zero' to get zero vectors for them")
     height, width = masks.shape[1:]
-    top, _ = center_pad_amounts(height, patch_size)
-    left, _ = center_pad_amounts(width, patch_size)
+    top, left = center_pad_amounts(height, patch_size)[0], center_pad_amounts(width, patch_size)[0]
     flat = features.detach().float().reshape(d, h * w).T  # (h*w, d)
-    if mode == "max":
-        return _max_pool(flat, masks, patch_size, (h, w), (top, left), is_empty, chunk_elements)
 
+    if mode == "max":
+        is_empty = empty_masks(masks).to(device)
+        _raise_if_empty(is_empty, empty)
+        return _max_pool(flat, masks, patch_size, (h, w), (top, left), chunk_elements)
     if mode == "mean":
-        along_y = linear_interpolation_matrix(height, h, patch_size, top).to(device)
-        along_x = linear_interpolation_matrix(width, w, patch_size, left).to(device)
+        along_y = linear_interpolation_matrix(height, h, patch_size, top)
+        along_x = linear_interpolation_matrix(width, w, patch_size, left)
     else:
-        along_y = box_matrix(height, h, patch_size, top).to(device)
-        along_x = box_matrix(width, w, patch_size, left).to(device)
-    weights = _mask_moments(masks, along_y, along_x, chunk_elements).flatten(1)  # (R, h*w)
+        along_y = box_matrix(height, h, patch_size, top)
+        along_x = box_matrix(width, w, patch_size, left)
+    weights, areas = _mask_moments(masks, along_y.to(device), along_x.to(device), chunk_elements)
+    weights = weights.flatten(1)  # (R, h*w)
+    is_empty = areas == 0
+    _raise_if_empty(is_empty, empty)
     if mode == "mean":
-        areas = masks.flatten(1).sum(dim=1).to(device)
         weights = weights / areas.clamp(min=1)[:, None]
     else:  # weights are per-patch pixel counts, exact integers in float32
         selected = 2 * weights >= patch_size * patch_size
-        fallback = ~selected.any(dim=1) & ~is_empty.to(device)
+        fallback = ~selected.any(dim=1) & ~is_empty
         selected[fallback] = F.one_hot(weights[fallback].argmax(dim=1), h * w).bool()
         weights = selected.float() / selected.sum(dim=1, keepdim=True).clamp(min=1)
     return weights @ flat
 
 
+def _raise_if_empty(is_empty: torch.Tensor, empty: str) -> None:
+    if empty == "error" and is_empty.any():
+        raise ValueError(f"masks {is_empty.nonzero().flatten().tolist()} are empty; drop them before "
+                         "pooling or pass empty='zero' to get zero vectors for them")
+
+
 def _mask_moments(masks: torch.Tensor, along_y: torch.Tensor, along_x: torch.Tensor,
-                  chunk_elements: int) -> torch.Tensor:
-    """masks (R, H, W), along_y (H, h), along_x (W, w) -> (R, h, w) = along_y^T M_r along_x."""
+                  chunk_elements: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """masks (R, H, W), along_y (H, h), along_x (W, w) -> ((R, h, w) along_y^T M_r along_x, (R,) |M_r|).
+
+    The areas come out of the same matmuls: a column of ones appended to both matrices makes
+    entry (h, w) equal 1^T M 1, a sum of 0/1 products that float32 holds exactly below 2^24 pixels.
+    """
     height, width = masks.shape[1:]
+    h, w = along_y.shape[1], along_x.shape[1]
+    along_y = torch.cat([along_y, along_y.new_ones(height, 1)], dim=1)  # (H, h+1)
+    along_x = torch.cat([along_x, along_x.new_ones(width, 1)], dim=1)   # (W, w+1)
     chunk = max(1, chunk_elements // (height * width))
     out = []
     for start in range(0, len(masks), chunk):
-        block = masks[start:start + chunk].to(along_y.device, torch.float32)  # (c, H, W)
-        if along_y.shape[1] <= along_x.shape[1]:  # contract the longer image side with the smaller grid side first
+        block = masks[start:start + chunk]
+        if block.device.type == "cpu":  # numpy's bool->float32 cast is several times faster than torch's on CPU
+            block = torch.from_numpy(block.numpy().astype(np.float32))
+        block = block.to(along_y.device, torch.float32)  # (c, H, W)
+        if h <= w:  # contract the image side with the smaller grid side first
             out.append((along_y.T @ block) @ along_x)
         else:
             out.append(along_y.T @ (block @ along_x))
-    return torch.cat(out)
+    moments = torch.cat(out)  # (R, h+1, w+1)
+    return moments[:, :h, :w], moments[:, h, w]
 
 
 def _max_pool(flat: torch.Tensor, masks: torch.Tensor, patch_size: int, grid: tuple[int, int],
-              offsets: tuple[int, int], is_empty: torch.Tensor, chunk_elements: int) -> torch.Tensor:
-    """flat (h*w, d), masks (R, H, W) -> (R, d) channel-wise max of the bilinear upsampling at mask pixels."""
+              offsets: tuple[int, int], chunk_elements: int) -> torch.Tensor:
+    """flat (h*w, d), masks (R, H, W) -> (R, d) channel-wise max of the bilinear upsampling over
+    each mask's pixels (zeros for empty masks).
+
+    Exact, but evaluated at few pixels: along a row, pixels sharing the same left grid neighbour
+    x0 form an interpolation interval in which every channel is affine (or constant) in a weight
+    that is monotone in x, so the max over the mask's pixels of that interval is at its leftmost
+    or rightmost one. Keep only those; then, among the survivors of one column sharing the same
+    top neighbour y0, keep the topmost and bottommost for the same reason along y. Only these
+    candidates are interpolated from their 4 neighbours, in chunks of pixels.
+    """
     (h, w), (top, left), d = grid, offsets, flat.shape[1]
     height, width = masks.shape[1:]
     device = flat.device
     y0, y1, wy = (t.to(device) for t in _neighbours(height, h, patch_size, top))
     x0, x1, wx = (t.to(device) for t in _neighbours(width, w, patch_size, left))
     wy, wx = wy.float(), wx.float()
-    out = torch.full((len(masks), d), float("-inf"), device=device)
-    mask_chunk = max(1, chunk_elements // (height * width))
+    out = torch.zeros(len(masks), d, device=device)
     pixel_chunk = max(1, chunk_elements // (5 * d))  # 4 gathered neighbours + the result
-    for start in range(0, len(masks), mask_chunk):
-        region, ys, xs = masks[start:start + mask_chunk].to(device).nonzero(as_tuple=True)
-        for first in range(0, len(region), pixel_chunk):
+    for r in range(len(masks)):
+        ys, xs = masks[r].to(device).nonzero(as_tuple=True)  # row-major: sorted by (y, x)
+        if len(ys) == 0:
+            continue
+        keep = _run_ends(ys * w + x0[xs])                    # ends of each (row, x-interval) run
+        ys, xs = ys[keep], xs[keep]
+        order = torch.argsort(xs * height + ys)              # now sorted by (x, y)
+        ys, xs = ys[order], xs[order]
+        keep = _run_ends(xs * h + y0[ys])                    # ends of each (column, y-interval) run
+        ys, xs = ys[keep], xs[keep]
+        best = torch.full((d,), float("-inf"), device=device)
+        for first in range(0, len(ys), pixel_chunk):
             y, x = ys[first:first + pixel_chunk], xs[first:first + pixel_chunk]
             fy, fx = wy[y, None], wx[x, None]
             values = ((1 - fy) * ((1 - fx) * flat[y0[y] * w + x0[x]] + fx * flat[y0[y] * w + x1[x]])
                       + fy * ((1 - fx) * flat[y1[y] * w + x0[x]] + fx * flat[y1[y] * w + x1[x]]))
-            index = (region[first:first + pixel_chunk] + start)[:, None].expand(-1, d)
-            out.scatter_reduce_(0, index, values, reduce="amax")
-    out[is_empty.to(device)] = 0
+            best = torch.maximum(best, values.amax(dim=0))
+        out[r] = best
     return out
+
+
+def _run_ends(keys: torch.Tensor) -> torch.Tensor:
+    """(N,) keys with equal keys adjacent -> (N,) bool, True at the first and last element of each run."""
+    change = keys[1:] != keys[:-1]
+    first = torch.cat([change.new_ones(1), change])
+    last = torch.cat([change, change.new_ones(1)])
+    return first | last
 
 
 def pool_regions_reference(features: torch.Tensor, masks: torch.Tensor | np.ndarray, patch_size: int,
