@@ -15,7 +15,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from bench.config import cell_config, load_config, save_config, selected_cells
+from bench.config import cell_configs, load_config, save_config
 from bench.runs import build_datamodule, build_trainer, check_shards, run_dir, skipped_report, summarize, write_json
 from bench.tables import write_tables
 from datamodules.datasets import class_names
@@ -51,10 +51,7 @@ def eval_cell(cfg: DictConfig) -> dict:
 
 def evaluate(cfg: DictConfig) -> dict[str, dict]:
     """Every selected cell; prints one line per cell and the table (rank 0)."""
-    results = {}
-    for cell in selected_cells(cfg):
-        ccfg = cell_config(cfg, cell) if cfg.table.rows else cfg
-        results[cell] = eval_cell(ccfg)
+    results = {cell: eval_cell(ccfg) for cell, ccfg in cell_configs(cfg).items()}
     if pl.utilities.rank_zero.rank_zero_only.rank == 0:
         for cell, metrics in results.items():
             print(f"{cell}: {summarize(metrics, metrics['class_names'])}")

@@ -14,7 +14,7 @@ import time
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from bench.config import cell_config, load_config, save_config, selected_cells
+from bench.config import cell_configs, load_config, save_config
 from bench.runs import (build_datamodule, build_model, build_trainer, check_shards, run_dir, skipped_report,
                         summarize, write_json)
 from datamodules.datasets import class_names
@@ -49,10 +49,7 @@ def train_cell(cfg: DictConfig) -> dict:
 
 def train(cfg: DictConfig) -> dict[str, dict]:
     """Every selected cell; returns {cell: metrics}."""
-    results = {}
-    for cell in selected_cells(cfg):
-        ccfg = cell_config(cfg, cell) if cfg.table.rows else cfg
-        results[cell] = train_cell(ccfg)
+    results = {cell: train_cell(ccfg) for cell, ccfg in cell_configs(cfg).items()}
     return results
 
 

@@ -25,8 +25,9 @@ DEFAULTS = Path(__file__).with_name("defaults.yaml")
 EXPERIMENTS_DIR = Path(os.environ.get("REGIONBENCH_EXPERIMENTS", REPO_ROOT / "experiments"))
 
 
-# Nodes whose keys are the user's own names (table rows, columns, reference numbers).
-OPEN_NODES = ("table.rows", "table.columns", "table.reference")
+# Nodes whose keys are the user's own names (table rows, columns, reference numbers), and
+# `trainer`, which takes any pytorch_lightning.Trainer argument (checked in bench.runs).
+OPEN_NODES = ("table.rows", "table.columns", "table.reference", "trainer")
 
 
 class ConfigError(ValueError):
@@ -82,6 +83,20 @@ def _merge_checked(base: DictConfig, update: DictConfig, source: str) -> DictCon
         raise _unknown_key_error(base, str(err.full_key), source) from err
 
 
+def check_trainer_args(cfg: DictConfig) -> None:
+    """``trainer`` takes any pytorch_lightning.Trainer argument; a misspelt one names the nearest."""
+    import inspect
+
+    import pytorch_lightning as pl
+
+    valid = set(inspect.signature(pl.Trainer.__init__).parameters) - {"self", "logger", "callbacks"}
+    for key in cfg.trainer:
+        if key not in valid:
+            close = difflib.get_close_matches(key, sorted(valid), n=3, cutoff=0.6)
+            hint = f" Did you mean: {', '.join('trainer.' + c for c in close)}?" if close else ""
+            raise ConfigError(f"unknown config key 'trainer.{key}': not a pytorch_lightning.Trainer argument.{hint}")
+
+
 def parse_overrides(argv: Iterable[str]) -> tuple[str | None, list[str]]:
     """Split ``experiment=NAME`` from the other ``key=value`` arguments."""
     experiment, rest = None, []
@@ -119,6 +134,7 @@ def load_config(argv: Iterable[str] = (), experiment: str | None = None) -> Dict
     if overrides:
         cfg = _merge_checked(cfg, OmegaConf.from_dotlist(overrides), "command line")
     OmegaConf.set_struct(cfg, True)
+    check_trainer_args(cfg)
     return cfg
 
 
@@ -159,6 +175,13 @@ def selected_cells(cfg: DictConfig) -> list[str]:
     if cfg.cell:
         return [str(cfg.cell)]
     return table_cells(cfg) or ["default/default"]
+
+
+def cell_configs(cfg: DictConfig) -> dict[str, DictConfig]:
+    """{cell: its config} for the cells this invocation runs (the config itself without a table)."""
+    if not cfg.table.rows:
+        return {"default/default": cfg}
+    return {cell: cell_config(cfg, cell) for cell in selected_cells(cfg)}
 
 
 def save_config(cfg: DictConfig, path: Path) -> None:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from bench import shards
 from bench.backbones import build_backbone
-from bench.config import cell_config, load_config, selected_cells
+from bench.config import cell_configs, load_config
 from bench.images import to_rgb8
 from bench.labels import class_histogram
 from bench.pooling import pool_regions
@@ -62,7 +62,8 @@ class Extractor:
         self.num_classes = cfg.dataset.num_classes
         self.ignore_index = cfg.dataset.ignore_index
 
-    def sample(self, key: str, image: np.ndarray, label: np.ndarray) -> dict:
+    def sample(self, key: str, image: np.ndarray, label: np.ndarray) -> tuple[int, dict]:
+        """(number of regions, the encoded shard sample) for one image."""
         rgb = to_rgb8(image)
         height, width = rgb.shape[:2]
         if label.shape != (height, width):
@@ -81,7 +82,7 @@ class Extractor:
             feats = np.zeros((0, d), dtype=np.float32)
         meta = {"id": key, "height": height, "width": width, "patch_size": p, "grid": [h, w],
                 "pad": [(h * p - height) // 2, (w * p - width) // 2]}
-        return shards.encode_sample(
+        return len(masks), shards.encode_sample(
             key, feats=feats, rles=encode_rles(masks) if len(masks) else [],
             areas=masks.sum(axis=(1, 2)),
             hist=class_histogram(masks, label, self.num_classes, self.ignore_index)
@@ -105,8 +106,9 @@ def process_split(cfg: DictConfig, extractor: Extractor, split: str, index: int,
                disable=not cfg.extract.progress, file=sys.stdout)
     for i in todo:
         skipped: list[dict] = []
+        regions = [0]
 
-        def samples(ids=plan[i], skipped=skipped):
+        def samples(ids=plan[i], skipped=skipped, regions=regions):
             for key in ids:
                 item = by_id[key]
                 try:
@@ -116,7 +118,9 @@ def process_split(cfg: DictConfig, extractor: Extractor, split: str, index: int,
                     skipped.append({"id": key, "path": str(item.image_path), "reason": str(err)})
                     bar.update(1)
                     continue
-                yield extractor.sample(key, image, load_label(item.label_path))
+                num_regions, sample = extractor.sample(key, image, load_label(item.label_path))
+                regions[0] += num_regions
+                yield sample
                 bar.update(1)
 
         name = shards.shard_name(i)
@@ -124,7 +128,7 @@ def process_split(cfg: DictConfig, extractor: Extractor, split: str, index: int,
         keys = shards.write_shard(tar, samples())
         shards.write_entry(split_dir, shards.ShardEntry(
             name=name, count=len(keys), keys=keys, sha256=shards.sha256(tar), bytes=tar.stat().st_size,
-            skipped=skipped))
+            regions=regions[0], skipped=skipped))
     bar.close()
     info = {
         "split": split,
@@ -161,8 +165,7 @@ def extract(cfg: DictConfig) -> dict[str, dict]:
     """Extract every shard set the selected cells need; returns {shard_dir/split: manifest}."""
     index, count = process_index(cfg)
     done: dict[str, dict] = {}
-    for cell in selected_cells(cfg):
-        ccfg = cell_config(cfg, cell) if cfg.table.rows else cfg
+    for ccfg in cell_configs(cfg).values():
         prepare_dataset(ccfg.dataset)
         extractor = None
         for split in (ccfg.dataset.train_split, ccfg.dataset.val_split):

@@ -41,7 +41,8 @@ def run_dir(cfg: DictConfig) -> Path:
 
 def build_datamodule(cfg: DictConfig) -> RegionShardDataModule:
     return RegionShardDataModule(shard_dir=cfg.extract.shard_dir, train_split=cfg.dataset.train_split,
-                                 val_split=cfg.dataset.val_split, seed=cfg.seed, **cfg.data)
+                                 val_split=cfg.dataset.val_split, seed=cfg.seed,
+                                 train_unit="region" if cfg.model.kind == "region" else "image", **cfg.data)
 
 
 def check_shards(cfg: DictConfig, datamodule: RegionShardDataModule, split: str) -> dict:

@@ -156,6 +156,7 @@ class ShardEntry:
     keys: list[str]
     sha256: str
     bytes: int
+    regions: int  # total regions in the shard (sizes region-level training epochs)
     skipped: list[dict] = field(default_factory=list)  # [{"id", "path", "reason"}]
 
     def to_dict(self) -> dict:
@@ -229,6 +230,7 @@ def merge_manifest(split_dir: Path, plan: list[list[str]], info: dict) -> dict |
     manifest = {
         "schema_version": SCHEMA_VERSION,
         "num_samples": sum(s["count"] for s in shards),
+        "num_regions": sum(s["regions"] for s in shards),
         "num_shards": len(shards),
         "skipped": [s for e in shards for s in e["skipped"]],
         "shards": shards,

@@ -6,7 +6,10 @@ node splitter (which gives ranks unequal sample counts):
 * training: each epoch the shards are permuted with a seed, dealt to slots round robin,
   streamed through a shuffle buffer and batched; the stream continues into the next
   permutation when a slot runs dry, so every rank yields exactly
-  ``ceil(num_samples / (world * batch_size))`` batches and DDP never waits on a rank.
+  ``ceil(units / (world * batch_size))`` batches and DDP never waits on a rank. The unit is
+  an image (patch baselines, trained per pixel) or a region: region classifiers are trained,
+  as in the paper, on batches of regions drawn from many images through a region-level
+  shuffle buffer (batches of whole images are strongly correlated and train worse).
 * evaluation: shard ``i`` belongs to slot ``i % slots``, so every sample is read exactly
   once across ranks and workers; each shard's keys are checked against the manifest as
   it is read, so a missing or truncated shard (even one cut at a member boundary, which
@@ -51,6 +54,20 @@ def collate_regions(samples: list[dict]) -> dict:
     if "patches" in samples[0]:
         batch["patches"] = [torch.from_numpy(s["patches"].astype(np.float32)) for s in samples]
     return batch
+
+
+def collate_region_rows(rows: list[tuple]) -> dict:
+    """(feat (d,), hist (C+1,), area) rows -> feats (B, d) float32, hist (B, C+1), areas (B,) int64."""
+    feats, hists, areas = zip(*rows)
+    return {"feats": torch.from_numpy(np.stack(feats).astype(np.float32)),
+            "hist": torch.from_numpy(np.stack(hists).astype(np.int64)),
+            "areas": torch.tensor(areas, dtype=torch.int64)}
+
+
+def explode_regions(samples: Iterator[dict]) -> Iterator[tuple]:
+    """Decoded samples -> one (feat, hist, area) row per region."""
+    for sample in samples:
+        yield from zip(sample["feats"], sample["hist"], sample["areas"].tolist())
 
 
 def verified(samples: Iterator[dict], expected: dict[str, list[str]], urls: list[str]) -> Iterator[dict]:
@@ -105,16 +122,26 @@ def _read(urls: list[str]) -> Iterator[dict]:
 
 
 class TrainStream(IterableDataset):
-    """Endless shuffled stream cut to the same number of batches on every rank."""
+    """Endless shuffled stream cut to the same number of batches on every rank.
+
+    ``unit="image"``: batches of ``batch_size`` whole images (``collate_regions``).
+    ``unit="region"``: batches of ``batch_size`` regions from a ``region_buffer``-deep
+    shuffle buffer (``collate_region_rows``).
+    """
 
     def __init__(self, split_dir: Path, manifest: dict, batch_size: int, rank: int, world: int,
-                 seed: int, shuffle_buffer: int):
+                 seed: int, shuffle_buffer: int, unit: str = "image", region_buffer: int = 20000):
+        if unit not in ("image", "region"):
+            raise ValueError(f"unit={unit!r}: image or region")
         self.urls = [str(Path(split_dir) / f"{s['name']}.tar") for s in manifest["shards"]]
         self.expected = {u: s["keys"] for u, s in zip(self.urls, manifest["shards"])}
-        self.num_samples = manifest["num_samples"]
+        self.units = manifest["num_samples"] if unit == "image" else manifest["num_regions"]
         self.batch_size, self.rank, self.world = batch_size, rank, world
         self.seed, self.shuffle_buffer, self.epoch = seed, shuffle_buffer, 0
-        self.steps = math.ceil(self.num_samples / (world * batch_size))
+        self.unit, self.region_buffer = unit, region_buffer
+        if self.units == 0:
+            raise shardio.ShardError(f"{split_dir} holds no training {unit}s")
+        self.steps = math.ceil(self.units / (world * batch_size))
 
     def __len__(self) -> int:
         return self.steps
@@ -139,11 +166,16 @@ class TrainStream(IterableDataset):
         info = get_worker_info()
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
         my_batches = len(range(worker, self.steps, workers))
+        rng = random.Random(f"{self.seed}-{self.epoch}-{slot}")
         stream = self._samples(slot, slots)
-        stream = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer,
-                             rng=random.Random(f"{self.seed}-{self.epoch}-{slot}"))(stream)
+        stream = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)(stream)
         stream = map(shardio.decode_sample, stream)
-        stream = wds.batched(self.batch_size, collation_fn=collate_regions, partial=False)(stream)
+        if self.unit == "region":
+            stream = explode_regions(stream)
+            stream = wds.shuffle(self.region_buffer, initial=self.region_buffer, rng=rng)(stream)
+            stream = wds.batched(self.batch_size, collation_fn=collate_region_rows, partial=False)(stream)
+        else:
+            stream = wds.batched(self.batch_size, collation_fn=collate_regions, partial=False)(stream)
         for _, batch in zip(range(my_batches), stream):
             yield batch
 
@@ -195,8 +227,11 @@ class RegionShardDataModule(pl.LightningDataModule):
     """Train and val streams over ``<shard_dir>/<split>`` shard sets (see bench.shards)."""
 
     def __init__(self, shard_dir: str, train_split: str, val_split: str, batch_size: int = 16,
+                 region_batch_size: int = 1024, region_buffer: int = 20000, train_unit: str = "image",
                  num_workers: int = 0, shuffle_buffer: int = 64, verify: str = "size", seed: int = 0):
         super().__init__()
+        self.train_unit = train_unit
+        self.region_batch_size, self.region_buffer = region_batch_size, region_buffer
         self.shard_dir = Path(shard_dir)
         self.train_split, self.val_split = train_split, val_split
         self.batch_size, self.num_workers = batch_size, num_workers
@@ -221,8 +256,10 @@ class RegionShardDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
+        by_region = self.train_unit == "region"
         stream = TrainStream(self.shard_dir / self.train_split, self.manifest(self.train_split),
-                             self.batch_size, rank, world, self.seed, self.shuffle_buffer)
+                             self.region_batch_size if by_region else self.batch_size, rank, world, self.seed,
+                             self.shuffle_buffer, unit=self.train_unit, region_buffer=self.region_buffer)
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
         return EpochLoader(stream, first_epoch=epoch, **self._loader_kwargs())
 

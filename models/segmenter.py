@@ -117,8 +117,8 @@ class RegionSegmenter(Segmenter):
         labels = region_labels(batch["hist"], self.hparams.label_threshold)
         loss = weighted_cross_entropy(self.decoder(batch["feats"]), labels, batch["areas"],
                                       self.hparams.loss_weighting)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["keys"]))
-        self.log("train/labelled_regions", (labels >= 0).float().mean(), batch_size=len(batch["keys"]))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(labels))
+        self.log("train/labelled_regions", (labels >= 0).float().mean(), batch_size=len(labels))
         return loss
 
     def predict_pixels(self, batch: dict) -> list[Tensor]:

@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 from torch.utils.data import DataLoader
 
 from bench import shards
@@ -106,3 +107,29 @@ def test_missing_shard_is_named(region_cfg, tmp_path):
     dm = RegionShardDataModule(str(tmp_path), train_split="val", val_split="val")
     with pytest.raises(shards.ShardError, match="shard-000001.tar.*missing"):
         dm.manifest("val")
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_region_batches_mix_images_and_cover_every_region(region_cfg, world):
+    directory = split_dir(region_cfg, "train")
+    manifest = shards.load_manifest(directory)
+    total = manifest["num_regions"]
+    assert total == sum(s["regions"] for s in manifest["shards"]) > 0
+    per_rank = []
+    for rank in range(world):
+        stream = TrainStream(directory, manifest, batch_size=64, rank=rank, world=world, seed=0,
+                             shuffle_buffer=4, unit="region", region_buffer=500)
+        batches = list(DataLoader(stream, batch_size=None))
+        assert len(batches) == len(stream) == -(-total // (world * 64))
+        assert all(b["feats"].shape == (64, manifest["feature_dim"]) for b in batches)
+        assert all(b["hist"].shape == (64, 22) and b["areas"].shape == (64,) for b in batches)
+        per_rank.append(len(batches))
+    assert len(set(per_rank)) == 1
+    # An epoch is a window on an endless stream: about every region once (the shuffle buffer
+    # straddles epoch boundaries), in an order mixing images.
+    stream = TrainStream(directory, manifest, batch_size=64, rank=0, world=1, seed=0, shuffle_buffer=4,
+                         unit="region", region_buffer=500)
+    areas = torch.cat([b["areas"] for b in stream])
+    assert abs(int(areas.sum()) - 12 * 160 * 120) < 0.1 * 12 * 160 * 120
+    sequential = torch.cat([b["areas"] for b in EvalStream(directory, manifest, 12, 0, 1, 0)])
+    assert not torch.equal(areas[:64], sequential[:64])
