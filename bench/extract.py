@@ -75,7 +75,10 @@ class Extractor:
         if self.regions is not None:
             masks = self.regions.generate(rgb)
             keep = masks.reshape(len(masks), -1).any(axis=1)
-            masks = masks[keep]  # generators never return empty masks; this guards new ones
+            if not keep.all():  # generators should never return empty masks: say so, then drop them
+                log.warning("%s: region source %s returned %d empty masks; dropped", key,
+                            type(self.regions).__name__, int((~keep).sum()))
+                masks = masks[keep]
             feats = pool_regions(grid, torch.from_numpy(masks), p, mode=self.pooling).numpy()
         else:
             masks = np.zeros((0, height, width), dtype=bool)

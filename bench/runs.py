@@ -84,7 +84,7 @@ def build_logger(cfg: DictConfig, directory: Path):
         return pl.loggers.TensorBoardLogger(directory, name="logs")
     if kind == "wandb":
         # Offline unless asked: an online wandb without network stalls for minutes.
-        os.environ.setdefault("WANDB_MODE", cfg.logger.wandb_mode)
+        os.environ["WANDB_MODE"] = cfg.logger.wandb_mode
         return pl.loggers.WandbLogger(project=cfg.logger.project, save_dir=str(directory),
                                       name=f"{cfg.experiment}/{cfg.cell}", offline=cfg.logger.wandb_mode != "online")
     raise ValueError(f"logger.kind={kind!r} is unknown; valid: csv, tensorboard, wandb, none")
