@@ -16,7 +16,8 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 
 from bench.config import cell_configs, load_config, save_config
-from bench.runs import build_datamodule, build_trainer, check_shards, run_dir, skipped_report, summarize, write_json
+from bench.runs import (build_datamodule, build_model, build_trainer, check_shards, data_report, run_dir, summarize,
+                        write_json)
 from bench.tables import write_tables
 from datamodules.datasets import class_names
 from models.segmenter import MODELS
@@ -27,22 +28,27 @@ log = logging.getLogger("regionbench.eval")
 def eval_cell(cfg: DictConfig) -> dict:
     directory = run_dir(cfg)
     checkpoint = directory / "checkpoints" / "last.ckpt"
-    if not checkpoint.is_file():
+    if MODELS[cfg.model.kind].trainable and not checkpoint.is_file():
         raise FileNotFoundError(f"cell {cfg.cell} has no checkpoint at {checkpoint}: "
                                 f"run python train.py experiment={cfg.experiment} cell={cfg.cell}")
     pl.seed_everything(cfg.seed, verbose=False)
     datamodule = build_datamodule(cfg)
     manifest = check_shards(cfg, datamodule, cfg.dataset.val_split)
-    model = MODELS[cfg.model.kind].load_from_checkpoint(checkpoint, map_location="cpu", uncovered=cfg.model.uncovered)
+    if MODELS[cfg.model.kind].trainable:
+        model = MODELS[cfg.model.kind].load_from_checkpoint(checkpoint, map_location="cpu",
+                                                            uncovered=cfg.model.uncovered)
+    else:
+        model = build_model(cfg, manifest)
     model.expected_test_images = manifest["num_samples"]
     if cfg.save_predictions:
         model.prediction_dir = directory / "results" / "VOC2012" / "Segmentation" / "comp5_val_cls"
     trainer = build_trainer(cfg, directory / "eval", checkpoints=False)
     trainer.test(model, datamodule=datamodule, verbose=False)
     metrics = {**model.test_results, "experiment": cfg.experiment, "cell": cfg.cell,
-               "class_names": class_names(cfg.dataset), "checkpoint": str(checkpoint),
+               "class_names": class_names(cfg.dataset),
+               "checkpoint": str(checkpoint) if model.trainable else None,
                "world_size": trainer.world_size,
-               "skipped": skipped_report(datamodule, [cfg.dataset.train_split, cfg.dataset.val_split])}
+               **data_report(datamodule, cfg)}
     if trainer.is_global_zero:
         write_json(directory / "metrics.json", metrics)
         save_config(cfg, directory / "eval" / "config.yaml")

@@ -15,7 +15,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 
 from bench.config import cell_configs, load_config, save_config
-from bench.runs import (build_datamodule, build_model, build_trainer, check_shards, run_dir, skipped_report,
+from bench.runs import (build_datamodule, build_model, build_trainer, check_shards, data_report, run_dir,
                         summarize, write_json)
 from datamodules.datasets import class_names
 
@@ -39,8 +39,7 @@ def train_cell(cfg: DictConfig) -> dict:
     trainer.test(model, datamodule=datamodule, verbose=False)
     metrics = {**model.test_results, "experiment": cfg.experiment, "cell": cfg.cell,
                "class_names": class_names(cfg.dataset), "train_seconds": round(time.perf_counter() - start, 1),
-               "epochs": trainer.current_epoch, "skipped": skipped_report(
-                   datamodule, [cfg.dataset.train_split, cfg.dataset.val_split])}
+               "epochs": trainer.current_epoch, **data_report(datamodule, cfg)}
     if trainer.is_global_zero:
         write_json(directory / "metrics.json", metrics)
     log.info("%s: %s", cfg.cell, summarize(metrics, metrics["class_names"]))

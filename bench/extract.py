@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
-from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
 from bench import shards
@@ -27,43 +26,50 @@ from bench.backbones import build_backbone
 from bench.config import cell_configs, load_config
 from bench.images import to_rgb8
 from bench.labels import class_histogram
+from bench.mask_cache import MaskCache, mask_stats, run_source
 from bench.pooling import pool_regions
+from bench.rle import decode_rles, encode_rles  # noqa: F401  (re-exported)
 from bench.regions import build_regions
-from datamodules.datasets import dataset_items, prepare_dataset
-from datamodules.voc import CorruptImageError, load_image, load_label
+from datamodules.datasets import dataset_items, layout, prepare_dataset
+from datamodules.voc import CorruptImageError, load_image
 
 log = logging.getLogger("regionbench.extract")
-
-
-def encode_rles(masks: np.ndarray) -> list[dict]:
-    """(R, H, W) bool -> COCO RLEs with str counts (JSON-able)."""
-    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
-    return [{"size": [int(s) for s in r["size"]], "counts": r["counts"].decode("ascii")} for r in rles]
-
-
-def decode_rles(rles: list[dict]) -> np.ndarray:
-    """COCO RLEs -> (R, H, W) bool."""
-    if not rles:
-        return np.zeros((0, 0, 0), dtype=bool)
-    coded = [{"size": r["size"], "counts": r["counts"].encode("ascii")} for r in rles]
-    return mask_utils.decode(coded).transpose(2, 0, 1).astype(bool)
 
 
 class Extractor:
     """Builds one image's shard sample from a region source, a backbone and a pooling mode."""
 
     def __init__(self, cfg: DictConfig):
-        self.regions = None
-        if cfg.regions.source != "none":
-            self.regions = build_regions(cfg.regions.source, **cfg.regions.params.get(cfg.regions.source, {}))
+        self.regions, self.cache = None, None
+        source = cfg.regions.source
+        if source != "none":
+            params = OmegaConf.to_container(cfg.regions.params.get(source, {}), resolve=True)
+            self.regions = build_regions(source, **params)
+            self.cache = MaskCache(cfg.regions.cache, cfg.dataset.name, source, params)
         self.backbone = build_backbone(cfg.backbone.name, **cfg.backbone.params.get(cfg.backbone.name, {}))
         self.pooling = cfg.pooling.mode
         self.patches = cfg.extract.patches
         self.num_classes = cfg.dataset.num_classes
         self.ignore_index = cfg.dataset.ignore_index
 
-    def sample(self, key: str, image: np.ndarray, label: np.ndarray) -> tuple[int, dict]:
-        """(number of regions, the encoded shard sample) for one image."""
+    def masks(self, key: str, rgb: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, dict]:
+        """The image's region masks and statistics, from the mask cache or the generator."""
+        height, width = rgb.shape[:2]
+        if self.regions is None:
+            return np.zeros((0, height, width), dtype=bool), {**mask_stats(np.zeros((0,)), height, width),
+                                                              "seconds": 0.0, "peak_mem_mb": 0.0}
+        cached = self.cache.get(key, height, width)
+        if cached is not None:
+            return cached
+        masks, stats = run_source(self.regions, rgb, label)
+        if stats["empty_dropped"]:
+            log.warning("%s: region source %s returned %d empty masks; dropped", key,
+                        type(self.regions).__name__, stats["empty_dropped"])
+        self.cache.put(key, masks, stats)
+        return masks, stats
+
+    def sample(self, key: str, image: np.ndarray, label: np.ndarray) -> tuple[dict, dict]:
+        """(region statistics, the encoded shard sample) for one image."""
         rgb = to_rgb8(image)
         height, width = rgb.shape[:2]
         if label.shape != (height, width):
@@ -72,20 +78,16 @@ class Extractor:
             grid = self.backbone.features(rgb)  # (d, h, w)
         p = self.backbone.patch_size
         d, h, w = grid.shape
-        if self.regions is not None:
-            masks = self.regions.generate(rgb)
-            keep = masks.reshape(len(masks), -1).any(axis=1)
-            if not keep.all():  # generators should never return empty masks: say so, then drop them
-                log.warning("%s: region source %s returned %d empty masks; dropped", key,
-                            type(self.regions).__name__, int((~keep).sum()))
-                masks = masks[keep]
+        masks, stats = self.masks(key, rgb, label)
+        if len(masks):
             feats = pool_regions(grid, torch.from_numpy(masks), p, mode=self.pooling).numpy()
-        else:
-            masks = np.zeros((0, height, width), dtype=bool)
+        else:  # no regions (e.g. SAM found nothing): the image still flows through, all uncovered
             feats = np.zeros((0, d), dtype=np.float32)
         meta = {"id": key, "height": height, "width": width, "patch_size": p, "grid": [h, w],
-                "pad": [(h * p - height) // 2, (w * p - width) // 2]}
-        return len(masks), shards.encode_sample(
+                "pad": [(h * p - height) // 2, (w * p - width) // 2],
+                # timings stay out of the tar (in the shard entry) so shard bytes are reproducible
+                "regions": stats["regions"], "coverage": stats["coverage"]}
+        return stats, shards.encode_sample(
             key, feats=feats, rles=encode_rles(masks) if len(masks) else [],
             areas=masks.sum(axis=(1, 2)),
             hist=class_histogram(masks, label, self.num_classes, self.ignore_index)
@@ -96,6 +98,7 @@ class Extractor:
 def process_split(cfg: DictConfig, extractor: Extractor, split: str, index: int, count: int) -> dict | None:
     """Write this process's shards of one split; merge the manifest if all shards exist."""
     items = dataset_items(cfg.dataset, split)
+    load_label = layout(cfg.dataset).load_label
     for item in items:
         shards.check_key(item.id)
     plan = shards.plan_shards([item.id for item in items], cfg.extract.samples_per_shard)
@@ -109,9 +112,9 @@ def process_split(cfg: DictConfig, extractor: Extractor, split: str, index: int,
                disable=not cfg.extract.progress, file=sys.stdout)
     for i in todo:
         skipped: list[dict] = []
-        regions = [0]
+        stats: dict[str, dict] = {}
 
-        def samples(ids=plan[i], skipped=skipped, regions=regions):
+        def samples(ids=plan[i], skipped=skipped, stats=stats):
             for key in ids:
                 item = by_id[key]
                 try:
@@ -121,8 +124,7 @@ def process_split(cfg: DictConfig, extractor: Extractor, split: str, index: int,
                     skipped.append({"id": key, "path": str(item.image_path), "reason": str(err)})
                     bar.update(1)
                     continue
-                num_regions, sample = extractor.sample(key, image, load_label(item.label_path))
-                regions[0] += num_regions
+                stats[key], sample = extractor.sample(key, image, load_label(item.label_path))
                 yield sample
                 bar.update(1)
 
@@ -131,7 +133,7 @@ def process_split(cfg: DictConfig, extractor: Extractor, split: str, index: int,
         keys = shards.write_shard(tar, samples())
         shards.write_entry(split_dir, shards.ShardEntry(
             name=name, count=len(keys), keys=keys, sha256=shards.sha256(tar), bytes=tar.stat().st_size,
-            regions=regions[0], skipped=skipped))
+            regions=sum(v["regions"] for v in stats.values()), stats=stats, skipped=skipped))
     bar.close()
     info = {
         "split": split,

@@ -100,9 +100,13 @@ def build_trainer(cfg: DictConfig, directory: Path, checkpoints: bool = True) ->
                       default_root_dir=directory)
 
 
-def skipped_report(datamodule: RegionShardDataModule, splits: list[str]) -> dict:
-    """Images extraction could not read, per split: counted and named in every metrics.json."""
-    return {split: datamodule.manifest(split)["skipped"] for split in splits}
+def data_report(datamodule: RegionShardDataModule, cfg: DictConfig) -> dict:
+    """What every metrics.json says about its data: images extraction could not read (counted and
+    named, per split) and the val split's region statistics (regions/image, coverage, s/image)."""
+    splits = [cfg.dataset.train_split, cfg.dataset.val_split]
+    stats = datamodule.manifest(cfg.dataset.val_split)["region_stats"]
+    return {"skipped": {split: datamodule.manifest(split)["skipped"] for split in splits},
+            "region_stats": stats, **{k: stats.get(k) for k in ("regions_per_image", "seconds_per_image", "coverage")}}
 
 
 def write_json(path: Path, data: dict) -> None:

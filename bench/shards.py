@@ -43,6 +43,8 @@ from typing import Iterable, Iterator
 import numpy as np
 from PIL import Image
 
+from bench.mask_cache import summarize_stats
+
 SCHEMA_VERSION = 1
 REQUIRED = ("feats.npy", "rle.json", "areas.npy", "hist.npy", "label.png", "meta.json")
 OPTIONAL = ("patches.npy",)
@@ -157,6 +159,7 @@ class ShardEntry:
     sha256: str
     bytes: int
     regions: int  # total regions in the shard (sizes region-level training epochs)
+    stats: dict[str, dict] = field(default_factory=dict)  # per image: regions, coverage, seconds, peak_mem_mb
     skipped: list[dict] = field(default_factory=list)  # [{"id", "path", "reason"}]
 
     def to_dict(self) -> dict:
@@ -233,6 +236,7 @@ def merge_manifest(split_dir: Path, plan: list[list[str]], info: dict) -> dict |
         "num_regions": sum(s["regions"] for s in shards),
         "num_shards": len(shards),
         "skipped": [s for e in shards for s in e["skipped"]],
+        "region_stats": summarize_stats({k: v for e in shards for k, v in e["stats"].items()}),
         "shards": shards,
         **info,
         "versions": library_versions(),

@@ -7,7 +7,7 @@ import json
 import math
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from bench.config import cell_config, table_cells
 
@@ -21,33 +21,44 @@ def collect(cfg: DictConfig, run_dir) -> dict[str, dict | None]:
     return out
 
 
-def _fmt(value) -> str:
+def _percent(v: float) -> str:
+    return f"{100 * v:.2f}"
+
+
+# How each metric is shown; the paper's reference numbers are given in the same units as ours.
+METRIC_FORMATS = {
+    "miou": _percent, "oracle_miou": _percent, "pixel_acc": _percent, "mean_class_acc": _percent,
+    "coverage": _percent, "seconds_per_image": "{:.3f}".format, "regions_per_image": "{:.1f}".format,
+}
+
+
+def _fmt(metric: str, value) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
-    return f"{100 * value:.2f}" if isinstance(value, float) and value <= 1.0 else f"{value}"
+    return METRIC_FORMATS.get(metric, str)(value)
+
+
+def _reference(reference: dict, cell: str, metric: str):
+    ref = reference.get(cell)
+    return ref.get(metric) if isinstance(ref, dict) else None
 
 
 def table_rows(cfg: DictConfig, results: dict[str, dict | None]) -> tuple[list[str], list[list[str]]]:
-    """Header and rows: one row per table row, per column ours and (if given) the paper's number."""
-    metric = cfg.table.metric
+    """Header and rows: one row per table row; per column and metric, ours [the paper's]."""
+    metrics = list(cfg.table.metrics)
     columns = list(cfg.table.columns) or ["default"]
-    reference = dict(cfg.table.reference or {})
-    header = ["row"]
-    for col in columns:
-        name = "" if col == "default" else f" {col}"
-        header.append(f"{metric}{name}")
-        if any(k.endswith(f"/{col}") or k == col for k in reference):
-            header.append(f"paper{name}")
+    reference = OmegaConf.to_container(cfg.table.reference) if cfg.table.reference else {}
+    header = ["row"] + [f"{m}{'' if col == 'default' else ' ' + col}" for col in columns for m in metrics]
     rows = []
     for row in cfg.table.rows:
         line = [row]
         for col in columns:
             cell = f"{row}/{col}"
-            metrics = results.get(cell)
-            line.append(_fmt(metrics.get(metric)) if metrics else "—")
-            if f"paper{'' if col == 'default' else ' ' + col}" in header:
-                ref = reference.get(cell, reference.get(row))
-                line.append("—" if ref is None else f"{ref}")
+            ours = results.get(cell)
+            for m in metrics:
+                text = _fmt(m, ours.get(m)) if ours else "—"
+                ref = _reference(reference, cell, m)
+                line.append(text if ref is None else f"{text} [{_fmt(m, ref)}]")
         rows.append(line)
     return header, rows
 
@@ -55,6 +66,7 @@ def table_rows(cfg: DictConfig, results: dict[str, dict | None]) -> tuple[list[s
 def render_markdown(cfg: DictConfig, results: dict[str, dict | None], run_dir) -> str:
     header, rows = table_rows(cfg, results)
     lines = [f"### {cfg.table.title or cfg.experiment}", "",
+             *(["Each cell: ours [the paper's number]."] if cfg.table.reference else []), "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     missing = [c for c, m in results.items() if m is None]

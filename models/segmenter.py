@@ -45,9 +45,12 @@ def weighted_cross_entropy(logits: Tensor, labels: Tensor, areas: Tensor, weight
 class Segmenter(pl.LightningModule):
     """Shared optimisation, evaluation, prediction saving and the exactly-once check."""
 
+    trainable = True  # False: nothing to fit (train.py only scores it)
+
     def __init__(self, in_dim: int, num_classes: int, decoder: str = "linear", label_threshold: float = 0.5,
                  loss_weighting: str = "area", lr: float = 3e-3, weight_decay: float = 0.01,
-                 scheduler: str = "cosine", uncovered: str = "miss", ignore_index: int = 255):
+                 scheduler: str = "cosine", uncovered: str = "miss", report_oracle: bool = False,
+                 ignore_index: int = 255):
         if loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"model.loss_weighting={loss_weighting!r}; valid: {', '.join(LOSS_WEIGHTINGS)}")
         super().__init__()
@@ -56,6 +59,7 @@ class Segmenter(pl.LightningModule):
         self.val_metric = SegmentationMetric(num_classes, ignore_index)
         self.test_metric = SegmentationMetric(num_classes, ignore_index)
         self.test_images = SumMetric()
+        self.oracle_metric = SegmentationMetric(num_classes, ignore_index) if report_oracle else None
         self.prediction_dir: Path | None = None  # set by eval to write VOC-layout PNGs
         self.expected_test_images: int | None = None  # set by eval from the shard manifest
         self.test_results: dict | None = None
@@ -85,8 +89,14 @@ class Segmenter(pl.LightningModule):
         self.log("val/miou", results["miou"], prog_bar=True, sync_dist=False)  # already synced
         self.val_metric.reset()
 
+    def oracle_pixels(self, batch: dict) -> list[Tensor]:
+        raise NotImplementedError(f"{type(self).__name__} has no regions: set model.report_oracle=false")
+
     def test_step(self, batch: dict, batch_idx: int) -> None:
         preds = self._score(batch, self.test_metric)
+        if self.oracle_metric is not None:
+            for pred, label in zip(self.oracle_pixels(batch), batch["labels"]):
+                self.oracle_metric.update(pred, label.to(pred.device))
         self.test_images.update(torch.tensor(float(len(preds))))
         if self.prediction_dir is not None:
             from datamodules.voc import save_label_png
@@ -104,6 +114,9 @@ class Segmenter(pl.LightningModule):
             raise RuntimeError(f"evaluation scored {seen} images but the shard manifest lists "
                                f"{self.expected_test_images}: samples were lost or read twice")
         results["num_images"] = seen
+        if self.oracle_metric is not None:
+            results["oracle_miou"] = self.oracle_metric.compute()["miou"]
+            self.oracle_metric.reset()
         self.test_results = results
         self.log("test/miou", results["miou"], sync_dist=False)
         self.test_metric.reset()
@@ -122,7 +135,14 @@ class RegionSegmenter(Segmenter):
         return loss
 
     def predict_pixels(self, batch: dict) -> list[Tensor]:
-        probs = self.decoder(batch["feats"]).softmax(dim=1)
+        return self.paint(self.decoder(batch["feats"]).softmax(dim=1), batch)
+
+    def oracle_pixels(self, batch: dict) -> list[Tensor]:
+        counts = batch["hist"][:, :-1].to(torch.float32)
+        return self.paint(counts / counts.sum(dim=1, keepdim=True).clamp(min=1), batch)
+
+    def paint(self, probs: Tensor, batch: dict) -> list[Tensor]:
+        """Region probabilities (N, C) of a batch -> one (H, W) prediction per image."""
         preds = []
         for i, (rles, label) in enumerate(zip(batch["rles"], batch["labels"])):
             if not rles:
@@ -168,4 +188,18 @@ class PatchSegmenter(Segmenter):
                 for patches, meta in zip(batch["patches"], batch["metas"])]
 
 
-MODELS = {"region": RegionSegmenter, "patch": PatchSegmenter}
+class OracleSegmenter(RegionSegmenter):
+    """The regions' upper bound: each region predicts its own ground-truth label distribution.
+
+    A region's class probabilities are its pixel-label fractions (ignore pixels left out), painted
+    to pixels like any model's and scored with the same mIoU — computed from the shards alone.
+    A region of ignore pixels only predicts nothing useful (all zeros: argmax class 0).
+    """
+
+    trainable = False
+
+    def predict_pixels(self, batch: dict) -> list[Tensor]:
+        return self.oracle_pixels(batch)
+
+
+MODELS = {"region": RegionSegmenter, "patch": PatchSegmenter, "oracle": OracleSegmenter}

@@ -1,0 +1,252 @@
+"""Region pictures like the paper's Figures 3 and 7, and a CLI that draws them from shards.
+
+    render_regions(image (H,W,3), masks (R,H,W))   -> (H,W,3) uint8 overlay
+    render_labels(label (H,W))                     -> (H,W,3) uint8 in VOC colours
+    contact_sheet([[panel, ...], ...], titles)     -> one RGB image of captioned panels
+
+    python -m bench.visualize experiment=NAME [cell=row/col] [split=val] [num_images=4] [out=DIR] [key=value ...]
+
+The CLI reads the first ``num_images`` samples of each selected cell's shard set
+``<extract.shard_dir>/<split>``, loads the original images from the dataset and writes
+``<out>/<row>/<col>/regions/<id>.png`` (``out`` defaults to ``<results_root>/<experiment>``, so
+the pictures land in the cell's run directory): image | regions | ground truth, plus the model's
+prediction when ``eval.py save_predictions=true`` saved one. ``split``, ``num_images`` and
+``out`` are options of this tool only; every other ``key=value`` is a config override.
+"""
+from __future__ import annotations
+
+import itertools
+import sys
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+from PIL import Image, ImageDraw, ImageFont
+
+from bench.images import to_rgb8
+
+UNCOVERED_RGB = np.array([255, 0, 255], dtype=np.float32)  # magenta: never a region colour (hues stop at 270°)
+UNCOVERED_ALPHA = 0.35
+HATCH_PERIOD = 6  # px between diagonal hatch lines on uncovered pixels
+BOUNDARY_RGB = np.array([255, 255, 255], dtype=np.float32)
+
+
+def region_colours(count: int, seed: int = 0) -> np.ndarray:
+    """(count, 3) uint8 distinct colours: golden-ratio hue steps from a seeded start, hue in
+    [0°, 270°) so no region is magenta, saturation and value varied so neighbours in hue differ."""
+    from skimage.color import hsv2rgb
+
+    start = np.random.default_rng(seed).random()
+    i = np.arange(count)
+    hsv = np.stack([0.75 * ((start + i * 0.6180339887) % 1.0),
+                    np.array([0.85, 0.65, 1.0])[i % 3],
+                    np.array([0.95, 0.8, 0.7])[(i // 3) % 3]], axis=-1)
+    return (hsv2rgb(hsv.reshape(-1, 1, 3)).reshape(-1, 3) * 255).round().astype(np.uint8)
+
+
+def region_boundaries(masks: np.ndarray) -> np.ndarray:
+    """(R, H, W) bool -> (H, W) bool: a 1 px line along every mask's edge, drawn inside a mask.
+
+    For each pair of 4-neighbours (p, q), q right of or below p, whose mask memberships
+    differ: if some mask contains p but not q, the line goes on p (inside that mask);
+    otherwise some mask contains q but not p, and it goes on q. So two touching regions
+    share one 1 px line, a region inside another is outlined, and no line pixel is
+    uncovered. The image border is not an edge.
+    """
+    lines = np.zeros(masks.shape[1:], dtype=bool)
+    for axis in (1, 2):  # rows (vertical neighbours), then columns
+        first = masks[:, :-1] if axis == 1 else masks[:, :, :-1]
+        second = masks[:, 1:] if axis == 1 else masks[:, :, 1:]
+        ends = (first & ~second).any(axis=0)  # some mask stops between p and its next pixel
+        starts = (~first & second).any(axis=0) & ~ends
+        if axis == 1:
+            lines[:-1] |= ends
+            lines[1:] |= starts
+        else:
+            lines[:, :-1] |= ends
+            lines[:, 1:] |= starts
+    return lines
+
+
+def uncovered_marking(shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) bool: the diagonal hatch lines drawn in solid magenta on uncovered pixels."""
+    yy, xx = np.indices(shape)
+    return (yy + xx) % HATCH_PERIOD == 0
+
+
+def render_regions(image: np.ndarray, masks: np.ndarray, alpha: float = 0.5, seed: int = 0) -> np.ndarray:
+    """(H, W[, C]) image, (R, H, W) bool masks -> (H, W, 3) uint8 picture of the regions.
+
+    - each region gets a distinct colour (``region_colours``) blended at ``alpha`` over the image;
+      where masks overlap, the later mask's colour is shown;
+    - every region's outline is drawn in white, 1 px wide (touching regions share one line),
+      for all masks, including outlines that fall under later masks (``region_boundaries``);
+    - uncovered pixels (in no mask) are marked in magenta: blended at 0.35 plus a solid
+      diagonal hatch every 6 px. Outlines lie inside masks, so the marking covers exactly the
+      uncovered pixels.
+    """
+    rgb = to_rgb8(image)
+    masks = np.asarray(masks, dtype=bool)
+    if masks.size == 0:
+        masks = np.zeros((0, *rgb.shape[:2]), dtype=bool)
+    if masks.ndim != 3 or masks.shape[1:] != rgb.shape[:2]:
+        raise ValueError(f"masks {masks.shape} must be (R, {rgb.shape[0]}, {rgb.shape[1]}) for image {rgb.shape}")
+    out = rgb.astype(np.float32)
+    covered = masks.any(axis=0)  # (H, W)
+    if len(masks):
+        top = len(masks) - 1 - np.argmax(masks[::-1], axis=0)  # (H, W) index of the last mask on each pixel
+        colours = region_colours(len(masks), seed).astype(np.float32)
+        out[covered] = (1 - alpha) * out[covered] + alpha * colours[top[covered]]
+        out[region_boundaries(masks)] = BOUNDARY_RGB
+    hole = ~covered
+    out[hole] = (1 - UNCOVERED_ALPHA) * out[hole] + UNCOVERED_ALPHA * UNCOVERED_RGB
+    out[hole & uncovered_marking(hole.shape)] = UNCOVERED_RGB
+    return out.round().astype(np.uint8)
+
+
+def render_labels(label: np.ndarray) -> np.ndarray:
+    """(H, W) int labels in 0..255 -> (H, W, 3) uint8 in the VOC palette (255 void: cream)."""
+    from datamodules.voc import VOC_PALETTE
+
+    label = np.asarray(label)
+    if label.ndim != 2 or (label.size and (label.min() < 0 or label.max() > 255)):
+        raise ValueError(f"label must be (H, W) in 0..255, got {label.shape} "
+                         f"{'' if not label.size else (label.min(), label.max())}")
+    return VOC_PALETTE[label.astype(np.int64)]
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
+    """``text`` cut (with '..') to ``width`` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "..", font=font) > width:
+        text = text[:-1]
+    return text + ".."
+
+
+def contact_sheet(rows: list[list[np.ndarray]], titles: list[list[str]] | None = None,
+                  pad: int = 4, caption_height: int = 14) -> np.ndarray:
+    """Panels tiled on a white grid -> (H', W', 3) uint8.
+
+    Every cell is as large as the largest panel (max height x max width); panels sit at the
+    top left of their cell, each under its caption (``titles[i][j]``, cut to the panel width;
+    no caption row when ``titles`` is None). Size: height = pad + rows * (caption + H + pad),
+    width = pad + columns * (W + pad).
+    """
+    panels = [[to_rgb8(p) for p in row] for row in rows]
+    if not panels or not any(panels):
+        raise ValueError("contact_sheet needs at least one panel")
+    cell_h = max(p.shape[0] for row in panels for p in row)
+    cell_w = max(p.shape[1] for row in panels for p in row)
+    cap = caption_height if titles is not None else 0
+    columns = max(len(row) for row in panels)
+    sheet = Image.new("RGB", (pad + columns * (cell_w + pad), pad + len(panels) * (cap + cell_h + pad)), "white")
+    draw = ImageDraw.Draw(sheet)
+    font = ImageFont.load_default()
+    for i, row in enumerate(panels):
+        for j, panel in enumerate(row):
+            x, y = pad + j * (cell_w + pad), pad + i * (cap + cell_h + pad)
+            if cap and i < len(titles) and j < len(titles[i]) and titles[i][j]:
+                draw.text((x, y), _fit(draw, str(titles[i][j]), font, panel.shape[1]), fill="black", font=font)
+            sheet.paste(Image.fromarray(panel), (x, y + cap))
+    return np.asarray(sheet).copy()
+
+
+# ----------------------------------------------------------------------------- CLI
+CLI_OPTIONS = {"split": None, "num_images": "4", "out": None}  # not config keys
+
+
+def split_cli_options(argv: list[str]) -> tuple[dict[str, str | None], list[str]]:
+    """Take this tool's own ``split=``, ``num_images=``, ``out=`` out of argv; the rest is config."""
+    options, rest = dict(CLI_OPTIONS), []
+    for arg in argv:
+        key, _, value = arg.partition("=")
+        if key in CLI_OPTIONS:
+            options[key] = value
+        else:
+            rest.append(arg)
+    if not str(options["num_images"]).isdigit():
+        raise ValueError(f"num_images={options['num_images']} is not a non-negative integer")
+    return options, rest
+
+
+def patch_grid_masks(meta: dict) -> np.ndarray:
+    """(h*w, H, W) bool: the backbone's patches, cropped to the image, as regions (patch baselines)."""
+    from bench.regions import label_map_to_masks
+
+    (height, width), p, (top, left), (_, w) = (meta["height"], meta["width"]), meta["patch_size"], meta["pad"], meta["grid"]
+    yy, xx = np.indices((height, width))
+    return label_map_to_masks(((yy + top) // p) * w + (xx + left) // p)
+
+
+def read_samples(split_dir: Path, count: int) -> list[dict]:
+    """The first ``count`` decoded samples of a shard set, in shard order."""
+    import webdataset as wds
+
+    from bench import shards
+
+    manifest = shards.load_manifest(split_dir)
+    shards.verify_shards(split_dir, manifest, level="exists")
+    urls = [str(split_dir / f"{s['name']}.tar") for s in manifest["shards"]]
+    stream = wds.tarfile_to_samples()(iter({"url": u} for u in urls))
+    return [shards.decode_sample(s) for s in itertools.islice(stream, count)]
+
+
+def render_cell(cfg: DictConfig, cell: str, split: str, num_images: int, out: Path) -> list[Path]:
+    """Write one picture per sample of the cell's shard set; returns the paths."""
+    from bench.extract import decode_rles
+    from bench.runs import run_dir
+    from datamodules.datasets import dataset_items
+    from datamodules.voc import load_image
+
+    samples = read_samples(Path(cfg.extract.shard_dir) / split, num_images)  # first: says how to extract
+    items = {item.id: item for item in dataset_items(cfg.dataset, split)}
+    predictions = run_dir(cfg) / "results/VOC2012/Segmentation/comp5_val_cls"
+    written = []
+    for sample in samples:
+        key = sample["key"]
+        if key not in items:
+            raise KeyError(f"shard sample '{key}' is not in {cfg.dataset.root} split '{split}': "
+                           "the shards were extracted from another dataset; re-extract")
+        image = to_rgb8(load_image(items[key].image_path))
+        if image.shape[:2] != sample["label"].shape:
+            raise ValueError(f"image {items[key].image_path} is {image.shape[:2]} but its shard label is "
+                             f"{sample['label'].shape}: the dataset changed since extraction; re-extract")
+        if sample["rle"]:
+            masks, what = decode_rles(sample["rle"]), "regions"
+        elif cfg.regions.source == "none":
+            masks, what = patch_grid_masks(sample["meta"]), "patches"
+        else:
+            masks, what = np.zeros((0, *image.shape[:2]), dtype=bool), "regions"
+        coverage = 100 * masks.any(axis=0).mean() if len(masks) else 0.0
+        panels = [image, render_regions(image, masks), render_labels(sample["label"])]
+        titles = [key, f"{len(masks)} {what}, {coverage:.0f}% covered", "ground truth"]
+        prediction = predictions / f"{key}.png"
+        if prediction.is_file():
+            panels.append(render_labels(np.array(Image.open(prediction))))
+            titles.append("prediction")
+        path = out / cell / "regions" / f"{key}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(contact_sheet([panels], [titles])).save(path)
+        written.append(path)
+    return written
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    """Draw the first images of every selected cell; prints and returns the written paths."""
+    from bench.config import cell_configs, load_config
+
+    options, overrides = split_cli_options(list(sys.argv[1:] if argv is None else argv))
+    cfg = load_config(overrides)
+    out = Path(options["out"]) if options["out"] else Path(cfg.paths.results_root) / str(cfg.experiment or "adhoc")
+    written = []
+    for cell, cell_cfg in cell_configs(cfg).items():
+        split = options["split"] or cell_cfg.dataset.val_split
+        written += render_cell(cell_cfg, cell, split, int(options["num_images"]), out)
+    for path in written:
+        print(path)
+    return written
+
+
+if __name__ == "__main__":
+    main()
