@@ -31,7 +31,7 @@ from bench.pooling import pool_regions
 from bench.rle import decode_rles, encode_rles  # noqa: F401  (re-exported)
 from bench.regions import build_regions
 from datamodules.datasets import dataset_items, layout, prepare_dataset
-from datamodules.voc import CorruptImageError, load_image
+from datamodules.voc import CorruptImageError, load_image_for_label
 
 log = logging.getLogger("regionbench.extract")
 
@@ -117,14 +117,15 @@ def process_split(cfg: DictConfig, extractor: Extractor, split: str, index: int,
         def samples(ids=plan[i], skipped=skipped, stats=stats):
             for key in ids:
                 item = by_id[key]
+                label = load_label(item.label_path)
                 try:
-                    image = load_image(item.image_path)
+                    image = load_image_for_label(item.image_path, label.shape)
                 except CorruptImageError as err:
                     log.warning("skipping unreadable image %s: %s", item.image_path, err)
                     skipped.append({"id": key, "path": str(item.image_path), "reason": str(err)})
                     bar.update(1)
                     continue
-                stats[key], sample = extractor.sample(key, image, load_label(item.label_path))
+                stats[key], sample = extractor.sample(key, image, label)
                 yield sample
                 bar.update(1)
 

@@ -77,6 +77,7 @@ TINY_VIT = dict(img_size=1024, in_chans=3, num_classes=1000, embed_dims=[64, 128
                 mbconv_expand_ratio=4.0, local_conv_size=3, layer_lr_decay=0.8)
 
 FAMILY_LABELS = {"sam": "SAM", "hq_sam": "HQ-SAM", "mobile_sam": "MobileSAM"}
+MODEL_TYPES = {"sam": [*VIT_ENCODERS], "hq_sam": [*VIT_ENCODERS, "vit_tiny"], "mobile_sam": ["vit_t"]}
 
 # Official file names and where they are published; for error messages.
 OFFICIAL_CHECKPOINTS = {
@@ -107,8 +108,12 @@ def resolve_amg_kwargs(preset: str | None = None, **explicit) -> dict:
     return kwargs
 
 
+def _has_cv2() -> bool:
+    return importlib.util.find_spec("cv2") is not None
+
+
 def _require_cv2(min_mask_region_area: int, preset: str | None) -> None:
-    if importlib.util.find_spec("cv2") is None:
+    if not _has_cv2():
         source = f" (from preset {preset})" if preset is not None and "min_mask_region_area" in AMG_PRESETS.get(preset, {}) else ""
         raise ImportError(
             f"min_mask_region_area={min_mask_region_area}{source} needs OpenCV for SAM's hole and "
@@ -133,16 +138,17 @@ def _import_hq():
     return segment_anything_hq
 
 
-def _check_model_type(family: str, model_type: str, valid: list[str]) -> None:
-    if model_type not in valid:
-        raise ValueError(f"unknown {FAMILY_LABELS[family]} model_type '{model_type}'; valid: {valid}")
+def _check_model_type(family: str, model_type: str) -> None:
+    if model_type not in MODEL_TYPES[family]:
+        raise ValueError(f"unknown {FAMILY_LABELS[family]} model_type '{model_type}' "
+                         f"(regions.params.{family}.model_type); valid: {MODEL_TYPES[family]}")
 
 
 def build_sam(model_type: str) -> torch.nn.Module:
     """segment_anything's Sam with random weights, in train mode."""
     from segment_anything.build_sam import _build_sam
 
-    _check_model_type("sam", model_type, list(VIT_ENCODERS))
+    _check_model_type("sam", model_type)
     arch = VIT_ENCODERS[model_type]
     return _build_sam(encoder_embed_dim=arch["embed_dim"], encoder_depth=arch["depth"],
                       encoder_num_heads=arch["num_heads"],
@@ -153,7 +159,7 @@ def build_hq_sam(model_type: str) -> torch.nn.Module:
     """segment_anything_hq's Sam (HQ mask decoder) with random weights."""
     _import_hq()
     hq_build = importlib.import_module("segment_anything_hq.build_sam")  # the package exports a function of that name
-    _check_model_type("hq_sam", model_type, [*VIT_ENCODERS, "vit_tiny"])
+    _check_model_type("hq_sam", model_type)
     if model_type == "vit_tiny":
         return hq_build.build_sam_vit_t(checkpoint=None)
     arch = VIT_ENCODERS[model_type]
@@ -167,7 +173,7 @@ def build_mobile_sam(model_type: str = "vit_t") -> torch.nn.Module:
     around the TinyViT encoder; parameter names match mobile_sam.pt."""
     from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-    _check_model_type("mobile_sam", model_type, ["vit_t"])
+    _check_model_type("mobile_sam", model_type)
     hq = _import_hq()
 
     class TinyViTEncoder(hq.modeling.tiny_vit_sam.TinyViT):
@@ -261,6 +267,7 @@ def load_model(family: str, model_type: str, checkpoint: str | Path, device: str
     """
     if family not in MODEL_BUILDERS:
         raise ValueError(f"unknown SAM family '{family}'; valid: {sorted(MODEL_BUILDERS)}")
+    _check_model_type(family, model_type)
     path = Path(checkpoint).expanduser()
     state = _read_state_dict(path, family, model_type)
     found = checkpoint_kind(state)

@@ -174,8 +174,8 @@ def patch_grid_masks(meta: dict) -> np.ndarray:
     """(h*w, H, W) bool: the backbone's patches, cropped to the image, as regions (patch baselines)."""
     from bench.regions import label_map_to_masks
 
-    (height, width), p, (top, left), (_, w) = (meta["height"], meta["width"]), meta["patch_size"], meta["pad"], meta["grid"]
-    yy, xx = np.indices((height, width))
+    p, (top, left), w = meta["patch_size"], meta["pad"], meta["grid"][1]
+    yy, xx = np.indices((meta["height"], meta["width"]))
     return label_map_to_masks(((yy + top) // p) * w + (xx + left) // p)
 
 

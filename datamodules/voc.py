@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, ImageOps
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car",
@@ -144,13 +144,34 @@ def _open_fully(path: str | Path) -> Image.Image:
     return image
 
 
-def load_image(path: str | Path) -> np.ndarray:
+def load_image(path: str | Path, exif_transpose: bool = False) -> np.ndarray:
     """Decode an image in its own mode: (H, W) grey, (H, W, 3) RGB, (H, W, 4)
     RGBA/CMYK, uint8 or uint16. Converting is the caller's choice.
 
+    ``exif_transpose`` applies the EXIF orientation tag (as viewers, and OpenCV's imread, do);
+    off by default because dataset labels are drawn on the stored pixel grid.
     Raises CorruptImageError rather than returning a partial image.
     """
-    return np.array(_open_fully(path))  # a writable copy: torch.from_numpy warns on read-only arrays
+    image = _open_fully(path)
+    if exif_transpose:
+        image = ImageOps.exif_transpose(image)
+    return np.array(image)  # a writable copy: torch.from_numpy warns on read-only arrays
+
+
+def load_image_for_label(path: str | Path, label_shape: tuple[int, int]) -> np.ndarray:
+    """The image oriented like its label map: stored pixels, or EXIF-rotated if only that fits.
+
+    An EXIF rotation by 90 or 270 degrees swaps height and width; a label drawn on the rotated
+    view then only fits the rotated image. Neither fitting is an error naming both shapes.
+    """
+    image = load_image(path)
+    if image.shape[:2] == tuple(label_shape):
+        return image
+    rotated = load_image(path, exif_transpose=True)
+    if rotated.shape[:2] == tuple(label_shape):
+        return rotated
+    raise ValueError(f"{path} is {image.shape[1]}x{image.shape[0]} (W x H) but its label map is "
+                     f"{label_shape[1]}x{label_shape[0]}: the image and label do not belong together")
 
 
 def load_label(path: str | Path) -> np.ndarray:
