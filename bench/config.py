@@ -3,7 +3,8 @@
     defaults (bench/defaults.yaml)  <-  experiments/<name>.yaml  <-  key=value overrides
 
 An experiment file states only what differs from the defaults (no inheritance
-chains). An unknown key anywhere is an error that names the key and the nearest
+chains). In a table cell the layers are: defaults <- experiment <- the cell's row and column
+overrides <- the command line (which always wins). An unknown key anywhere is an error that names the key and the nearest
 valid ones. Every run saves its resolved config beside its results.
 
 A results table is declared in the experiment under ``table:``: ``rows`` and
@@ -24,6 +25,18 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = Path(__file__).with_name("defaults.yaml")
 EXPERIMENTS_DIR = Path(os.environ.get("REGIONBENCH_EXPERIMENTS", REPO_ROOT / "experiments"))
 
+
+def _digest(*nodes) -> str:
+    """Short hash of config values: shard sets made with different settings never share a directory."""
+    import hashlib
+    import json
+
+    values = [OmegaConf.to_container(n, resolve=True) if isinstance(n, DictConfig) else n for n in nodes]
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+if not OmegaConf.has_resolver("digest"):
+    OmegaConf.register_new_resolver("digest", _digest)
 
 # Nodes whose keys are the user's own names (table rows, columns, reference numbers), and
 # `trainer`, which takes any pytorch_lightning.Trainer argument (checked in bench.runs).
@@ -133,6 +146,7 @@ def load_config(argv: Iterable[str] = (), experiment: str | None = None) -> Dict
         cfg.experiment = Path(experiment).stem
     if overrides:
         cfg = _merge_checked(cfg, OmegaConf.from_dotlist(overrides), "command line")
+        cfg.overrides = list(overrides)  # re-applied over table rows/columns: the command line wins
     OmegaConf.set_struct(cfg, True)
     check_trainer_args(cfg)
     return cfg
@@ -166,6 +180,9 @@ def cell_config(cfg: DictConfig, cell: str) -> DictConfig:
     out = apply_overrides(cfg, cfg.table.rows[row], f"table.rows.{row}")
     if cfg.table.columns:
         out = apply_overrides(out, cfg.table.columns[col], f"table.columns.{col}")
+    if cfg.overrides:
+        out = _merge_checked(out, OmegaConf.from_dotlist(list(cfg.overrides)), "command line")
+        OmegaConf.set_struct(out, True)
     out.cell = cell
     return out
 

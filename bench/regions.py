@@ -87,8 +87,17 @@ class SlicRegions:
         return label_map_to_masks(self.label_map(image))
 
 
+# The other sources live in their own modules (heavy packages are imported inside their classes).
+from bench.regions_sam import SAM_FAMILY  # noqa: E402
+from bench.regions_sam2 import SAM2_FAMILY  # noqa: E402
+from bench.sam_slic import GtRegions, SamSlicRegions  # noqa: E402
+
 REGION_SOURCES = {
     "slic": SlicRegions,
+    **SAM_FAMILY,  # sam, hq_sam, mobile_sam
+    **SAM2_FAMILY,  # sam2
+    "sam_slic": SamSlicRegions,
+    "gt": GtRegions,
 }
 
 

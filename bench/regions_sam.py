@@ -114,7 +114,8 @@ def _has_cv2() -> bool:
 
 def _require_cv2(min_mask_region_area: int, preset: str | None) -> None:
     if not _has_cv2():
-        source = f" (from preset {preset})" if preset is not None and "min_mask_region_area" in AMG_PRESETS.get(preset, {}) else ""
+        from_preset = "min_mask_region_area" in AMG_PRESETS.get(preset, {})
+        source = f" (from preset {preset})" if from_preset else ""
         raise ImportError(
             f"min_mask_region_area={min_mask_region_area}{source} needs OpenCV for SAM's hole and "
             "island clean-up, and cv2 is not importable: run `pip install opencv-python-headless`, "
@@ -225,6 +226,10 @@ def _mismatch_advice(path: Path, family: str, model_type: str, found: tuple[str,
                 f"{next(iter(OFFICIAL_CHECKPOINTS[family].values()))}")
     found_family, found_type = found
     holds = f"checkpoint {path.name} holds a {FAMILY_LABELS[found_family]} {found_type} model"
+    if found_type not in MODEL_TYPES[found_family]:
+        return (f"{holds}, which is no known {FAMILY_LABELS[found_family]} architecture "
+                f"({MODEL_TYPES[found_family]}), but {asked} was requested; add it to VIT_ENCODERS "
+                "in bench/regions_sam.py or use an official checkpoint")
     if found_family == family:
         return f"{holds} but {asked}: set {config}={found_type}"
     hint = ""
@@ -292,7 +297,8 @@ def load_model(family: str, model_type: str, checkpoint: str | Path, device: str
 
 def save_random_checkpoint(family: str, model_type: str, path: str | Path, seed: int = 0) -> Path:
     """Save a random-weight model of ``family``/``model_type`` in the official checkpoint format
-    (a raw state_dict via torch.save); the same seed gives the same file contents."""
+    (a raw state_dict via torch.save); the same seed gives the same tensors. The global RNG
+    state is left untouched."""
     if family not in MODEL_BUILDERS:
         raise ValueError(f"unknown SAM family '{family}'; valid: {sorted(MODEL_BUILDERS)}")
     with torch.random.fork_rng(devices=[]):
@@ -330,7 +336,7 @@ class _SamFamilyRegions:
         model_type = model_type or self.default_model_type
         if model_type is None:
             raise ValueError(f"{label} needs model_type (regions.params.{self.family}.model_type), one of "
-                             f"{sorted(OFFICIAL_CHECKPOINTS[self.family])}")
+                             f"{MODEL_TYPES[self.family]}")
         if checkpoint is None:
             raise ValueError(f"{label} needs a local checkpoint (regions.params.{self.family}.checkpoint), "
                              f"e.g. {OFFICIAL_CHECKPOINTS[self.family].get(model_type, 'a file')} from "

@@ -84,10 +84,10 @@ def test_slic_on_images_smaller_than_the_component_count():
 
 
 def test_registry():
-    assert REGION_SOURCES == {"slic": SlicRegions}
+    assert set(REGION_SOURCES) == {"slic", "sam", "hq_sam", "mobile_sam", "sam2", "sam_slic", "gt"}
     slic = build_regions("slic", num_components=20, compactness=10)
     assert isinstance(slic, SlicRegions) and (slic.num_components, slic.compactness) == (20, 10)
     with pytest.raises(ValueError, match="valid names.*slic"):
-        build_regions("sam")
+        build_regions("sam3")
     with pytest.raises(TypeError):
         build_regions("slic", num_compnents=20)  # a typo fails loudly

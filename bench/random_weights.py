@@ -1,0 +1,45 @@
+"""Random-weight checkpoints in the official formats, for smoke runs without downloads.
+
+    python -m bench.random_weights [DIR]      # default: $REGIONBENCH_DATA/checkpoints/random (or data/...)
+
+Each file is built from the real architecture classes (a 2-block toy encoder for SAM and
+HQ-SAM, MobileSAM's TinyViT, SAM 2.1 Hiera-T), seeded, and saved exactly as the official
+checkpoint of that family is (raw state_dict; ``{"model": ...}`` for SAM 2), so it loads through
+the same path a real checkpoint takes. Masks from random weights are meaningless: experiments
+that use these files say so (e.g. the ``minivoc`` column of table1_region_generation).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from bench import regions_sam, regions_sam2
+
+# file name -> how to make it
+RANDOM_CHECKPOINTS = {
+    "sam_vit_test_random.pth": lambda p: regions_sam.save_random_checkpoint("sam", "vit_test", p),
+    "sam_hq_vit_test_random.pth": lambda p: regions_sam.save_random_checkpoint("hq_sam", "vit_test", p),
+    "mobile_sam_random.pt": lambda p: regions_sam.save_random_checkpoint("mobile_sam", "vit_t", p),
+    "sam2.1_hiera_tiny_random.pt": lambda p: regions_sam2.save_random_checkpoint("hiera_t", "2.1", p),
+}
+
+
+def write_random_checkpoints(directory: str | Path) -> list[Path]:
+    """Create any missing file of RANDOM_CHECKPOINTS in ``directory``; returns all paths."""
+    directory = Path(directory)
+    paths = []
+    for name, make in RANDOM_CHECKPOINTS.items():
+        path = directory / name
+        if not path.is_file():
+            tmp = path.with_name(name + ".tmp")
+            make(tmp)
+            os.replace(tmp, path)
+        paths.append(path)
+    return paths
+
+
+if __name__ == "__main__":
+    default = Path(os.environ.get("REGIONBENCH_DATA", "data")) / "checkpoints" / "random"
+    for written in write_random_checkpoints(sys.argv[1] if len(sys.argv) > 1 else default):
+        print(written)
