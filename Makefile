@@ -13,6 +13,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install --quiet cython numpy==2.4.6
 	$(PY) -m pip install --quiet --no-build-isolation fast-slic==0.4.0
+	SAM2_BUILD_CUDA=0 $(PY) -m pip install --quiet --no-build-isolation sam2==1.1.0
 	$(PY) -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 

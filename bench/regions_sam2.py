@@ -269,11 +269,11 @@ class Sam2Regions:
 
         generator_kwargs = dict(self.amg_kwargs)
         if generator_kwargs["min_mask_region_area"] > 0 and not hole_filling_available(device):
+            has_c = importlib.util.find_spec("sam2._C") is not None
             warnings.warn(
                 f"min_mask_region_area={generator_kwargs['min_mask_region_area']} has no effect: SAM 2's hole "
                 f"filling and sprinkle removal need its compiled _C extension and a CUDA device (device={device}, "
-                "_C importable: " f"{importlib.util.find_spec('sam2._C') is not None}); masks are those of "
-                "min_mask_region_area=0", UserWarning, stacklevel=2)
+                f"_C importable: {has_c}); masks are those of min_mask_region_area=0", UserWarning, stacklevel=2)
             generator_kwargs["min_mask_region_area"] = 0  # what sam2's fallback does, minus a warning per batch
         with warnings.catch_warnings():  # SAM2Transforms scripts its resize; torch 2.14 deprecates jit.script
             warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated", category=FutureWarning)
