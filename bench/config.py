@@ -119,6 +119,8 @@ def parse_overrides(argv: Iterable[str]) -> tuple[str | None, list[str]]:
         key, value = arg.split("=", 1)
         if key == "experiment":
             experiment = value
+        elif key == "cell" and not value.startswith(("'", '"')):
+            rest.append(f"cell='{value}'")  # a pattern like */voc is not YAML: keep it a string
         else:
             rest.append(arg)
     return experiment, rest
@@ -188,10 +190,18 @@ def cell_config(cfg: DictConfig, cell: str) -> DictConfig:
 
 
 def selected_cells(cfg: DictConfig) -> list[str]:
-    """The cells this invocation runs: ``cell=...`` if given, else every cell."""
-    if cfg.cell:
-        return [str(cfg.cell)]
-    return table_cells(cfg) or ["default/default"]
+    """The cells this invocation runs: ``cell=row/col``, a pattern (``cell='*/minivoc'``), or all."""
+    if not cfg.cell:
+        return table_cells(cfg) or ["default/default"]
+    pattern = str(cfg.cell)
+    if not any(c in pattern for c in "*?["):
+        return [pattern]
+    import fnmatch
+
+    chosen = [c for c in table_cells(cfg) if fnmatch.fnmatchcase(c, pattern)]
+    if not chosen:
+        raise ConfigError(f"cell={pattern} matches no cell of '{cfg.experiment}'. Cells: {', '.join(table_cells(cfg))}")
+    return chosen
 
 
 def cell_configs(cfg: DictConfig) -> dict[str, DictConfig]:

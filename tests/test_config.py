@@ -70,3 +70,16 @@ def test_every_experiment_loads_and_every_cell_resolves(path: Path):
     for cell in table_cells(cfg):
         resolved = OmegaConf.to_container(cell_config(cfg, cell), resolve=True)
         assert resolved["cell"] == cell
+
+
+def test_cell_patterns_select_a_column():
+    cfg = load_config(["experiment=table1_region_generation", "cell=*/minivoc"])
+    cells = selected_cells(cfg)
+    assert cells and all(c.endswith("/minivoc") for c in cells) and "sam_slic/minivoc" in cells
+    with pytest.raises(ConfigError, match="matches no cell"):
+        selected_cells(load_config(["experiment=table1_region_generation", "cell=*/coco"]))
+
+
+def test_command_line_wins_over_table_cells():
+    cfg = load_config(["experiment=quickstart", "regions.params.slic.num_components=77"])
+    assert cell_config(cfg, "region_linear/minivoc").regions.params.slic.num_components == 77
