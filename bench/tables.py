@@ -74,7 +74,8 @@ def render_markdown(cfg: DictConfig, results: dict[str, dict | None], run_dir) -
                       for split in m.get("skipped", {}).values() for s in split})
     if missing:
         lines += ["", "Missing cells:"] + [
-            f"- {c}: run `python train.py experiment={cfg.experiment} cell={c}`" for c in missing]
+            f"- {c}: run `python -m bench.extract experiment={cfg.experiment} cell={c} && "
+            f"python train.py experiment={cfg.experiment} cell={c}`" for c in missing]
     if skipped:
         lines += ["", f"Unreadable images skipped in extraction ({len(skipped)}): "
                   + ", ".join(f"{i} ({p})" for i, p in skipped)]

@@ -136,12 +136,15 @@ class TrainStream(IterableDataset):
         self.urls = [str(Path(split_dir) / f"{s['name']}.tar") for s in manifest["shards"]]
         self.expected = {u: s["keys"] for u, s in zip(self.urls, manifest["shards"])}
         self.units = manifest["num_samples"] if unit == "image" else manifest["num_regions"]
-        self.batch_size, self.rank, self.world = batch_size, rank, world
-        self.seed, self.shuffle_buffer, self.epoch = seed, shuffle_buffer, 0
-        self.unit, self.region_buffer = unit, region_buffer
         if self.units == 0:
             raise shardio.ShardError(f"{split_dir} holds no training {unit}s")
-        self.steps = math.ceil(self.units / (world * batch_size))
+        # A batch or buffer larger than a rank's share of the data would make the endless stream
+        # cycle through the shards many times per batch: cap both at one epoch's share.
+        share = max(1, self.units // world)
+        self.batch_size, self.rank, self.world = min(batch_size, share), rank, world
+        self.seed, self.shuffle_buffer, self.epoch = seed, shuffle_buffer, 0
+        self.unit, self.region_buffer = unit, min(region_buffer, share)
+        self.steps = math.ceil(self.units / (world * self.batch_size))
 
     def __len__(self) -> int:
         return self.steps
