@@ -66,7 +66,7 @@ def table_rows(cfg: DictConfig, results: dict[str, dict | None]) -> tuple[list[s
 def render_markdown(cfg: DictConfig, results: dict[str, dict | None], run_dir) -> str:
     header, rows = table_rows(cfg, results)
     lines = [f"### {cfg.table.title or cfg.experiment}", "",
-             *(["Each cell: ours [the paper's number]."] if cfg.table.reference else []), "",
+             *(["Each cell: ours [the paper's number].", ""] if cfg.table.reference else []),
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     missing = [c for c, m in results.items() if m is None]
