@@ -25,6 +25,7 @@ from bench import shards
 from bench.backbones import build_backbone
 from bench.config import cell_configs, load_config
 from bench.images import to_rgb8
+from bench.feature_cache import FeatureCache
 from bench.labels import class_histogram
 from bench.mask_cache import MaskCache, mask_stats, run_source
 from bench.pooling import pool_regions
@@ -50,11 +51,40 @@ class Extractor:
             if isinstance(self.regions, SamSlicRegions):  # reuse (and fill) the SAM source's own cache
                 self.sam_cache = MaskCache(cfg.regions.cache, cfg.dataset.name, params["sam"],
                                            params["sam_params"] or {})
-        self.backbone = build_backbone(cfg.backbone.name, **cfg.backbone.params.get(cfg.backbone.name, {}))
+        self.backbone_name = cfg.backbone.name
+        self.backbone_params = OmegaConf.to_container(cfg.backbone.params.get(cfg.backbone.name, {}), resolve=True)
+        self._backbone = None  # built on the first feature-cache miss: a warm cache never loads the weights
+        self.features = FeatureCache(cfg.extract.feature_cache, cfg.dataset.name, self.backbone_name,
+                                     self.backbone_params)
         self.pooling = cfg.pooling.mode
         self.patches = cfg.extract.patches
         self.num_classes = cfg.dataset.num_classes
         self.ignore_index = cfg.dataset.ignore_index
+
+    @property
+    def backbone(self):
+        if self._backbone is None:
+            self._backbone = build_backbone(self.backbone_name, **self.backbone_params)
+            self.features.set_meta(self._backbone.patch_size, self._backbone.embed_dim)
+        return self._backbone
+
+    @property
+    def patch_size(self) -> int:
+        meta = self.features.meta()
+        return meta["patch_size"] if meta else self.backbone.patch_size
+
+    @property
+    def embed_dim(self) -> int:
+        meta = self.features.meta()
+        return meta["embed_dim"] if meta else self.backbone.embed_dim
+
+    def grid(self, key: str, rgb: np.ndarray) -> tuple[torch.Tensor, bool]:
+        """((d, h, w) patch features, whether they came from the cache); float16-rounded either way."""
+        cached = self.features.get(key)
+        if cached is not None:
+            return cached, True
+        with torch.inference_mode():
+            return self.features.put(key, self.backbone.features(rgb)), False
 
     def masks(self, key: str, rgb: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, dict]:
         """The image's region masks and statistics, from the mask cache or the generator."""
@@ -96,11 +126,11 @@ class Extractor:
         height, width = rgb.shape[:2]
         if label.shape != (height, width):
             raise ValueError(f"label of '{key}' is {label.shape} but its image is {(height, width)}")
-        with torch.inference_mode():
-            grid = self.backbone.features(rgb)  # (d, h, w)
-        p = self.backbone.patch_size
+        grid, features_cached = self.grid(key, rgb)  # (d, h, w)
+        p = self.patch_size
         d, h, w = grid.shape
         masks, stats = self.masks(key, rgb, label)
+        stats = {**stats, "features_cached": features_cached}
         if len(masks):
             feats = pool_regions(grid, torch.from_numpy(masks), p, mode=self.pooling).numpy()
         else:  # no regions (e.g. SAM found nothing): the image still flows through, all uncovered
@@ -160,9 +190,10 @@ def process_split(cfg: DictConfig, extractor: Extractor, split: str, index: int,
     bar.close()
     info = {
         "split": split,
-        "feature_dim": extractor.backbone.embed_dim,
+        "feature_dim": extractor.embed_dim,
         "num_classes": cfg.dataset.num_classes,
         "has_patches": bool(cfg.extract.patches),
+        "feature_cache": extractor.features.size(),
         "config": {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items()
                    if k in ("dataset", "regions", "backbone", "pooling", "extract")},
     }

@@ -100,4 +100,5 @@ def summarize_stats(per_image: dict[str, dict]) -> dict:
     mean = lambda k: float(np.mean([v[k] for v in values]))  # noqa: E731
     return {"images": len(values), "regions_per_image": mean("regions"), "coverage": mean("coverage"),
             "seconds_per_image": mean("seconds"), "peak_mem_mb": max(v["peak_mem_mb"] for v in values),
-            "images_without_regions": sum(v["regions"] == 0 for v in values)}
+            "images_without_regions": sum(v["regions"] == 0 for v in values),
+            "feature_cache_hit_rate": float(np.mean([bool(v.get("features_cached")) for v in values]))}
