@@ -3,8 +3,8 @@
     defaults (bench/defaults.yaml)  <-  experiments/<name>.yaml  <-  key=value overrides
 
 An experiment file states only what differs from the defaults (no inheritance
-chains). In a table cell the layers are: defaults <- experiment <- the cell's row and column
-overrides <- the command line (which always wins). An unknown key anywhere is an error that names the key and the nearest
+chains). In a table cell the layers are: defaults <- experiment <- the cell's column <- its row
+<- the command line (which always wins). An unknown key anywhere is an error that names the key and the nearest
 valid ones. Every run saves its resolved config beside its results.
 
 A results table is declared in the experiment under ``table:``: ``rows`` and
@@ -179,9 +179,10 @@ def cell_config(cfg: DictConfig, cell: str) -> DictConfig:
     if cell not in cells:
         raise ConfigError(f"cell '{cell}' is not in experiment '{cfg.experiment}'. Cells: {', '.join(cells)}")
     row, col = cell.split("/", 1)
-    out = apply_overrides(cfg, cfg.table.rows[row], f"table.rows.{row}")
-    if cfg.table.columns:
+    out = cfg
+    if cfg.table.columns:  # a column sets up a dataset; the row, the variable studied, wins over it
         out = apply_overrides(out, cfg.table.columns[col], f"table.columns.{col}")
+    out = apply_overrides(out, cfg.table.rows[row], f"table.rows.{row}")
     if cfg.overrides:
         out = _merge_checked(out, OmegaConf.from_dotlist(list(cfg.overrides)), "command line")
         OmegaConf.set_struct(out, True)
