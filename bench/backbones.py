@@ -28,21 +28,7 @@ class Backbone(Protocol):
         """(H, W, 3) uint8 -> (embed_dim, ceil(H/p), ceil(W/p)) float32."""
 
 
-def padded_size(size: int, multiple: int) -> int:
-    """The smallest multiple of ``multiple`` that is >= ``size``."""
-    return -(-size // multiple) * multiple
-
-
-def center_pad_amounts(size: int, multiple: int) -> tuple[int, int]:
-    """(before, after) padding of one side: before = pad // 2, after = pad - before."""
-    pad = padded_size(size, multiple) - size
-    return pad // 2, pad - pad // 2
-
-
-def center_pad(image: np.ndarray, multiple: int) -> np.ndarray:
-    """(H, W, ...) -> (Hp, Wp, ...) zero-padded as ``center_pad_amounts`` says."""
-    pads = [center_pad_amounts(image.shape[0], multiple), center_pad_amounts(image.shape[1], multiple)]
-    return np.pad(image, pads + [(0, 0)] * (image.ndim - 2))
+from bench.padding import center_pad, center_pad_amounts, padded_size  # noqa: E402,F401  (re-exported)
 
 
 # Fixed normalising constants of ColorTextureBackbone (no dataset statistics, so a feature
@@ -164,8 +150,12 @@ class ColorTextureBackbone:
         return counts.reshape(h, w, _LBP_CLASSES) / (p * p)
 
 
+# The ViT families live in their own modules (weights only ever from a local file).
+from bench.backbones_vit import VIT_FAMILY  # noqa: E402
+
 BACKBONES = {
     "colortexture": ColorTextureBackbone,
+    **VIT_FAMILY,  # dinov2_vits14 / vitb14 / vitl14 / vitg14, dino_vitb16, imagenet_vitl
 }
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bench.backbones import center_pad_amounts
+from bench.padding import center_pad_amounts
 
 POOLING_MODES = ("mean", "max", "downsample")
 EMPTY_POLICIES = ("zero", "error")

@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from bench import regions_sam, regions_sam2
+from bench import backbones_vit, regions_sam, regions_sam2
 
 # file name -> how to make it
 RANDOM_CHECKPOINTS = {
@@ -22,6 +22,11 @@ RANDOM_CHECKPOINTS = {
     "sam_hq_vit_test_random.pth": lambda p: regions_sam.save_random_checkpoint("hq_sam", "vit_test", p),
     "mobile_sam_random.pt": lambda p: regions_sam.save_random_checkpoint("mobile_sam", "vit_t", p),
     "sam2.1_hiera_tiny_random.pt": lambda p: regions_sam2.save_random_checkpoint("hiera_t", "2.1", p),
+    # tiny ViTs (2 blocks, width 48) in each backbone's official format
+    **{f"{name}_tiny_random.pth": (lambda name: lambda p: backbones_vit.save_random_checkpoint(name, p, tiny=True))(name)
+       for name in ("dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14", "dinov2_vitg14", "dino_vitb16")},
+    "imagenet_vitl_tiny_random.safetensors":
+        lambda p: backbones_vit.save_random_checkpoint("imagenet_vitl", p, tiny=True),
 }
 
 
