@@ -151,11 +151,13 @@ class ColorTextureBackbone:
 
 
 # The ViT families live in their own modules (weights only ever from a local file).
+from bench.backbones_clip import CLIP_FAMILY  # noqa: E402
 from bench.backbones_vit import VIT_FAMILY  # noqa: E402
 
 BACKBONES = {
     "colortexture": ColorTextureBackbone,
     **VIT_FAMILY,  # dinov2_vits14 / vitb14 / vitl14 / vitg14, dino_vitb16, imagenet_vitl
+    **CLIP_FAMILY,  # clip_vitb32 (full-resolution grid), maskclip_vitl14 (fixed positional embedding)
 }
 
 

@@ -40,7 +40,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg, convert_weights_to_fp16
 from open_clip.transformer import QuickGELU, ResidualAttentionBlock, VisionTransformer
 
-from bench.backbones import center_pad_amounts
+from bench.padding import center_pad_amounts
 from bench.images import to_rgb8
 
 

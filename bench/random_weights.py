@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from bench import backbones_vit, regions_sam, regions_sam2
+from bench import backbones_clip, backbones_vit, regions_sam, regions_sam2
 
 # file name -> how to make it
 RANDOM_CHECKPOINTS = {
@@ -27,6 +27,8 @@ RANDOM_CHECKPOINTS = {
        for name in ("dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14", "dinov2_vitg14", "dino_vitb16")},
     "imagenet_vitl_tiny_random.safetensors":
         lambda p: backbones_vit.save_random_checkpoint("imagenet_vitl", p, tiny=True),
+    "clip_vitb32_tiny_random.pt": lambda p: backbones_clip.save_random_checkpoint("clip_vitb32", p, tiny=True),
+    "maskclip_vitl14_tiny_random.pt": lambda p: backbones_clip.save_random_checkpoint("maskclip_vitl14", p, tiny=True),
 }
 
 

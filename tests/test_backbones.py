@@ -104,11 +104,13 @@ def test_deterministic_and_accepts_gray():
 
 
 def test_registry():
-    assert BACKBONES == {"colortexture": ColorTextureBackbone}
+    assert BACKBONES["colortexture"] is ColorTextureBackbone
+    assert set(BACKBONES) == {"colortexture", "dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14", "dinov2_vitg14",
+                              "dino_vitb16", "imagenet_vitl", "clip_vitb32", "maskclip_vitl14"}
     backbone = build_backbone("colortexture", patch_size=16, orientation_bins=6)
     assert (backbone.patch_size, backbone.embed_dim) == (16, 7 + 4 * 6 + 10)
     assert backbone.features(_random_image(33, 17)).shape == (backbone.embed_dim, 3, 2)
     with pytest.raises(ValueError, match="valid names.*colortexture"):
-        build_backbone("dinov2_vitl14")
+        build_backbone("dinov3_vitl16")
     with pytest.raises(ValueError, match="patch_size"):
         ColorTextureBackbone(patch_size=1)
