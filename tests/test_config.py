@@ -83,3 +83,13 @@ def test_cell_patterns_select_a_column():
 def test_command_line_wins_over_table_cells():
     cfg = load_config(["experiment=quickstart", "regions.params.slic.num_components=77"])
     assert cell_config(cfg, "region_linear/minivoc").regions.params.slic.num_components == 77
+
+
+def test_shard_dir_depends_only_on_what_changes_the_shards():
+    base = load_config([]).extract.shard_dir
+    assert load_config(["backbone.params.dinov2_vitl14.layers=[1]"]).extract.shard_dir == base  # another backbone
+    assert load_config(["regions.params.sam.points_per_side=8"]).extract.shard_dir == base  # another source
+    assert load_config(["model.lr=0.5"]).extract.shard_dir == base
+    assert load_config(["regions.params.slic.compactness=10"]).extract.shard_dir != base
+    assert load_config(["backbone.params.colortexture.patch_size=16"]).extract.shard_dir != base
+    assert load_config(["pooling.mode=max"]).extract.shard_dir != base
