@@ -78,13 +78,18 @@ class Extractor:
         meta = self.features.meta()
         return meta["embed_dim"] if meta else self.backbone.embed_dim
 
-    def grid(self, key: str, rgb: np.ndarray) -> tuple[torch.Tensor, bool]:
-        """((d, h, w) patch features, whether they came from the cache); float16-rounded either way."""
+    def grid(self, key: str, rgb: np.ndarray) -> tuple[torch.Tensor, bool, float]:
+        """((d, h, w) patch features, whether they came from the cache, backbone seconds);
+        float16-rounded either way."""
         cached = self.features.get(key)
         if cached is not None:
-            return cached, True
+            return cached, True, 0.0
+        backbone = self.backbone  # built (weights loaded) outside the timed call
+        start = time.perf_counter()
         with torch.inference_mode():
-            return self.features.put(key, self.backbone.features(rgb)), False
+            grid = backbone.features(rgb)
+        seconds = time.perf_counter() - start
+        return self.features.put(key, grid), False, seconds
 
     def masks(self, key: str, rgb: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, dict]:
         """The image's region masks and statistics, from the mask cache or the generator."""
@@ -126,11 +131,11 @@ class Extractor:
         height, width = rgb.shape[:2]
         if label.shape != (height, width):
             raise ValueError(f"label of '{key}' is {label.shape} but its image is {(height, width)}")
-        grid, features_cached = self.grid(key, rgb)  # (d, h, w)
+        grid, features_cached, backbone_seconds = self.grid(key, rgb)  # (d, h, w)
         p = self.patch_size
         d, h, w = grid.shape
         masks, stats = self.masks(key, rgb, label)
-        stats = {**stats, "features_cached": features_cached}
+        stats = {**stats, "features_cached": features_cached, "backbone_seconds": backbone_seconds}
         if len(masks):
             feats = pool_regions(grid, torch.from_numpy(masks), p, mode=self.pooling).numpy()
         else:  # no regions (e.g. SAM found nothing): the image still flows through, all uncovered

@@ -101,4 +101,11 @@ def summarize_stats(per_image: dict[str, dict]) -> dict:
     return {"images": len(values), "regions_per_image": mean("regions"), "coverage": mean("coverage"),
             "seconds_per_image": mean("seconds"), "peak_mem_mb": max(v["peak_mem_mb"] for v in values),
             "images_without_regions": sum(v["regions"] == 0 for v in values),
-            "feature_cache_hit_rate": float(np.mean([bool(v.get("features_cached")) for v in values]))}
+            "feature_cache_hit_rate": float(np.mean([bool(v.get("features_cached")) for v in values])),
+            # backbone time per image over the images whose features were computed in this run
+            "backbone_seconds_per_image": _mean_or_none([v["backbone_seconds"] for v in values
+                                                         if not v.get("features_cached") and "backbone_seconds" in v])}
+
+
+def _mean_or_none(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None

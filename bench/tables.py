@@ -29,6 +29,7 @@ def _percent(v: float) -> str:
 METRIC_FORMATS = {
     "miou": _percent, "oracle_miou": _percent, "pixel_acc": _percent, "mean_class_acc": _percent,
     "coverage": _percent, "seconds_per_image": "{:.3f}".format, "regions_per_image": "{:.1f}".format,
+    "backbone_seconds_per_image": "{:.4f}".format, "feature_cache_hit_rate": _percent,
 }
 
 
