@@ -39,7 +39,7 @@ def write_random_checkpoints(directory: str | Path) -> list[Path]:
     for name, make in RANDOM_CHECKPOINTS.items():
         path = directory / name
         if not path.is_file():
-            tmp = path.with_name(name + ".tmp")
+            tmp = path.with_name("tmp-" + name)  # keeps the suffix: it selects the file format
             make(tmp)
             os.replace(tmp, path)
         paths.append(path)
