@@ -67,3 +67,11 @@ def to_rgb8(image: np.ndarray) -> np.ndarray:
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
     return np.ascontiguousarray(image)
+
+
+def records_to_masks(records: list[dict], shape: tuple[int, int]) -> np.ndarray:
+    """Automatic-mask-generator records (binary ``segmentation``) -> (R, H, W) bool, empty ones dropped."""
+    masks = [record["segmentation"] for record in records if record["segmentation"].any()]
+    if not masks:
+        return np.zeros((0, *shape), dtype=bool)
+    return np.stack(masks).astype(bool, copy=False)

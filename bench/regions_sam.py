@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.images import to_rgb8
+from bench.images import records_to_masks, to_rgb8
 
 AMG_DEFAULTS = dict(
     points_per_side=32,                  # a 32x32 grid of point prompts, 3 masks per point
@@ -369,10 +369,7 @@ class _SamFamilyRegions:
         rgb = to_rgb8(image)
         with torch.inference_mode():
             records = self.generator.generate(rgb)
-        masks = [record["segmentation"] for record in records if record["segmentation"].any()]
-        if not masks:
-            return np.zeros((0, *rgb.shape[:2]), dtype=bool)
-        return np.stack(masks).astype(bool, copy=False)
+        return records_to_masks(records, rgb.shape[:2])
 
 
 class SamRegions(_SamFamilyRegions):

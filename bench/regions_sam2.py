@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.images import to_rgb8
+from bench.images import records_to_masks, to_rgb8
 
 MODEL_TYPES = ("hiera_t", "hiera_s", "hiera_b+", "hiera_l")
 VERSIONS = ("2.1", "2.0")
@@ -289,10 +289,7 @@ class Sam2Regions:
         rgb = to_rgb8(image)
         with torch.inference_mode():
             records = self.generator.generate(rgb)
-        masks = [record["segmentation"] for record in records if record["segmentation"].any()]
-        if not masks:
-            return np.zeros((0, *rgb.shape[:2]), dtype=bool)
-        return np.stack(masks).astype(bool, copy=False)
+        return records_to_masks(records, rgb.shape[:2])
 
 
 SAM2_FAMILY = {"sam2": Sam2Regions}
