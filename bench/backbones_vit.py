@@ -77,6 +77,7 @@ class ViTRow(NamedTuple):
     pos_interp: str            # "dino" | "timm", see the module docstring
 
 
+# Where the official files are published: quoted in error messages only, never fetched.
 _DINOV2 = "https://dl.fbaipublicfiles.com/dinov2/{0}/{0}_pretrain.pth"
 VIT_BACKBONES = {
     "dinov2_vits14": ViTRow("vit_small_patch14_dinov2.lvd142m", 14, 384, 12, IMAGENET_MEAN, IMAGENET_STD, 518,

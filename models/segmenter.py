@@ -43,7 +43,10 @@ def weighted_cross_entropy(logits: Tensor, labels: Tensor, areas: Tensor, weight
 
 
 class Segmenter(pl.LightningModule):
-    """Shared optimisation, evaluation, prediction saving and the exactly-once check."""
+    """Shared optimisation, evaluation, prediction saving and the exactly-once check.
+
+    A subclass defines ``predict_pixels(batch) -> list of (H, W) int64`` (NO_PREDICTION where no
+    decision) and, if it has regions, ``oracle_pixels(batch)`` with the same output."""
 
     trainable = True  # False: nothing to fit (train.py only scores it)
 
@@ -53,6 +56,9 @@ class Segmenter(pl.LightningModule):
                  ignore_index: int = 255):
         if loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"model.loss_weighting={loss_weighting!r}; valid: {', '.join(LOSS_WEIGHTINGS)}")
+        if report_oracle and not hasattr(self, "oracle_pixels"):
+            raise ValueError(f"{type(self).__name__} has no regions to score an oracle with: "
+                             "set model.report_oracle=false")
         super().__init__()
         self.save_hyperparameters()  # plain values only: load_from_checkpoint rebuilds the module
         self.decoder = build_decoder(decoder, in_dim, num_classes)
@@ -63,10 +69,6 @@ class Segmenter(pl.LightningModule):
         self.prediction_dir: Path | None = None  # set by eval to write VOC-layout PNGs
         self.expected_test_images: int | None = None  # set by eval from the shard manifest
         self.test_results: dict | None = None
-
-    # -- to implement: pixel predictions (H, W) per image, NO_PREDICTION where undecided
-    def predict_pixels(self, batch: dict) -> list[Tensor]:
-        raise NotImplementedError
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
@@ -88,9 +90,6 @@ class Segmenter(pl.LightningModule):
         results = self.val_metric.compute()
         self.log("val/miou", results["miou"], prog_bar=True, sync_dist=False)  # already synced
         self.val_metric.reset()
-
-    def oracle_pixels(self, batch: dict) -> list[Tensor]:
-        raise NotImplementedError(f"{type(self).__name__} has no regions: set model.report_oracle=false")
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         preds = self._score(batch, self.test_metric)

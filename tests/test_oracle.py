@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from bench.config import cell_config
 from bench.extract import extract
@@ -23,7 +24,7 @@ def test_gt_regions_oracle_is_exact_and_empty_images_flow_through(tmp_path):
     prepare_dataset(cfg.dataset)
     labels = Path(cfg.dataset.root) / "VOCdevkit/VOC2012/SegmentationClass"
     for key in ("mini_000003", "mini_000014"):  # one train, one val image: all void -> no GT region
-        shape = np.array(__import__("PIL.Image", fromlist=["Image"]).open(labels / f"{key}.png")).shape
+        shape = np.array(Image.open(labels / f"{key}.png")).shape
         save_label_png(labels / f"{key}.png", np.full(shape, 255, np.uint8))
     extract(cfg)
     shard_dir = Path(cell_config(cfg, "region_linear/minivoc").extract.shard_dir)

@@ -53,3 +53,10 @@ def test_region_segmenter_paints_decoded_masks():
              "rles": [encode_rles(masks)], "labels": [torch.zeros(4, 5, dtype=torch.long)]}
     pred = model.predict_pixels(batch)[0]
     assert pred[:2].eq(0).all() and pred[3:].eq(1).all() and pred[2].eq(-1).all()
+
+
+def test_an_oracle_needs_regions():
+    import pytest
+
+    with pytest.raises(ValueError, match="report_oracle=false"):
+        PatchSegmenter(in_dim=2, num_classes=2, report_oracle=True)
