@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.regionbench-installed
 
-.PHONY: demo test test-slow install clean-demo
+.PHONY: demo test test-slow bench install clean-demo
 
 install: $(STAMP)
 
@@ -27,6 +27,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# every hot path timed against its literal reference in one process: prints one table and writes
+# results/bench/bench.json and bench.md (about 5-8 minutes; see benchmarks/__init__.py)
+bench: $(STAMP)
+	$(PY) -m benchmarks.run
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow

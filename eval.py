@@ -1,25 +1,32 @@
 """Evaluate every trained cell of an experiment from its checkpoint and render the table.
 
-    python eval.py experiment=quickstart [trainer.devices=2 trainer.strategy=ddp] [save_predictions=true]
+    python eval.py experiment=quickstart [trainer.devices=2 trainer.strategy=ddp] [save_predictions=true] [pictures=4]
+    python eval.py leaderboard [leaderboard.sort=oracle_miou]   # every result under results_root on one page
 
-Writes each cell's metrics.json (atomically) and results/<experiment>/table.{md,csv}.
-With save_predictions=true, predicted label maps go to
-<run dir>/results/VOC2012/Segmentation/comp5_val_cls/<id>.png (VOC palette PNGs).
+Writes each cell's metrics.json (atomically) and results/<experiment>/table.{md,csv,tex}.
+With save_predictions=true, predicted label maps go under the run directory in the format of the
+dataset's evaluation server: VOC results/VOC2012/Segmentation/comp5_val_cls/<id>.png (palette PNGs),
+ADE20K predictions/<id>.png (L-mode, classes shifted back to 1..150, 0 where undecided).
 """
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from bench.config import cell_configs, load_config, save_config
-from bench.runs import (build_datamodule, build_model, build_trainer, check_shards, data_report, run_dir, summarize,
-                        write_json)
+from bench.config import cell_configs, config_hash, load_config, save_config
+from bench.leaderboard import write_leaderboard
+from bench.runs import (build_datamodule, build_model, build_trainer, check_shards, data_report, run_dir, run_record,
+                        summarize, write_json)
 from bench.tables import write_tables
-from datamodules.datasets import class_names
+from bench.visualize import draw_predictions
+from datamodules.datasets import class_names, layout
 from models.segmenter import MODELS
 
 log = logging.getLogger("regionbench.eval")
@@ -41,22 +48,39 @@ def eval_cell(cfg: DictConfig) -> dict:
         model = build_model(cfg, manifest)
     model.expected_test_images = manifest["num_samples"]
     if cfg.save_predictions:
-        model.prediction_dir = directory / "results" / "VOC2012" / "Segmentation" / "comp5_val_cls"
+        fmt = layout(cfg.dataset)
+        model.prediction_writer = functools.partial(fmt.save_prediction, directory / fmt.prediction_subdir)
     trainer = build_trainer(cfg, directory / "eval", checkpoints=False)
+    start = time.perf_counter()
     trainer.test(model, datamodule=datamodule, verbose=False)
-    metrics = {**model.test_results, "experiment": cfg.experiment, "cell": cfg.cell,
-               "class_names": class_names(cfg.dataset),
-               "checkpoint": str(checkpoint) if model.trainable else None,
-               "world_size": trainer.world_size,
-               **data_report(datamodule, cfg)}
+    metrics = {**model.test_results, **training_record(cfg, directory), **run_record(cfg, trainer.world_size),
+               "class_names": class_names(cfg.dataset), "eval_seconds": round(time.perf_counter() - start, 1),
+               "checkpoint": str(checkpoint) if model.trainable else None, **data_report(datamodule, cfg)}
     if trainer.is_global_zero:
         write_json(directory / "metrics.json", metrics)
         save_config(cfg, directory / "eval" / "config.yaml")
+        if cfg.pictures:
+            draw_predictions(cfg, model, cfg.pictures, Path(cfg.paths.results_root) / str(cfg.experiment or "adhoc"))
     return metrics
+
+
+def training_record(cfg: DictConfig, directory: Path) -> dict:
+    """What train.py recorded about the training run (time, epochs), if it trained this config."""
+    path = directory / "metrics.json"
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    if previous.get("config_hash") != config_hash(cfg):
+        if previous:
+            log.warning("%s: the checkpoint was trained with config %s, scored now with %s", cfg.cell,
+                        previous.get("config_hash"), config_hash(cfg))
+        return {}
+    return {k: previous[k] for k in ("train_seconds", "epochs") if k in previous}
 
 
 def evaluate(cfg: DictConfig) -> dict[str, dict]:
     """Every selected cell; prints one line per cell and the table (rank 0)."""
+    if cfg.task == "retrieval":  # one-shot object retrieval: index + search + mAP, no checkpoints
+        from bench.retrieval import evaluate_retrieval
+        return evaluate_retrieval(cfg)
     results = {cell: eval_cell(ccfg) for cell, ccfg in cell_configs(cfg).items()}
     if pl.utilities.rank_zero.rank_zero_only.rank == 0:
         for cell, metrics in results.items():
@@ -69,4 +93,7 @@ def evaluate(cfg: DictConfig) -> dict[str, dict]:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    evaluate(load_config(sys.argv[1:]))
+    if sys.argv[1:2] == ["leaderboard"]:
+        print(write_leaderboard(load_config(sys.argv[2:])))
+    else:
+        evaluate(load_config(sys.argv[1:]))

@@ -4,6 +4,7 @@
 
 Each cell's run directory, results/<experiment>/<row>/<column>/, receives config.yaml,
 checkpoints/last.ckpt (one per epoch: a killed run resumes there), logs/ and metrics.json.
+A cell whose metrics.json records the same config hash is finished and is skipped (rerun=true).
 """
 from __future__ import annotations
 
@@ -15,30 +16,40 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 
 from bench.config import cell_configs, load_config, save_config
-from bench.runs import (build_datamodule, build_model, build_trainer, check_shards, data_report, run_dir,
-                        summarize, write_json)
+from bench.runs import (build_datamodule, build_model, build_trainer, check_resumable, check_shards, data_report,
+                        finished_metrics, run_dir, run_record, summarize, write_json, write_run_file)
 from datamodules.datasets import class_names
 
 log = logging.getLogger("regionbench.train")
 
 
 def train_cell(cfg: DictConfig) -> dict:
-    """Fit one cell's model and return its val metrics (also written to metrics.json)."""
+    """Fit one cell's model and return its val metrics (also written to metrics.json). A cell already
+    finished with the same config hash is not recomputed (rerun=true forces it)."""
     directory = run_dir(cfg)
+    done = None if cfg.rerun else finished_metrics(cfg, directory)
+    if done is not None:
+        log.info("%s: finished before (config %s), not recomputed; rerun=true retrains it", cfg.cell,
+                 done["config_hash"])
+        return done
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)
     check_shards(cfg, datamodule, cfg.dataset.train_split)
     manifest = check_shards(cfg, datamodule, cfg.dataset.val_split)
     model = build_model(cfg, manifest)
-    save_config(cfg, directory / "config.yaml")
+    last = check_resumable(cfg, directory)
     trainer = build_trainer(cfg, directory)
-    last = directory / "checkpoints" / "last.ckpt"
+    if trainer.is_global_zero:
+        save_config(cfg, directory / "config.yaml")
+        write_run_file(cfg, directory)
     start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=str(last) if cfg.resume and last.is_file() else None)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=str(last) if last else None)
+    train_seconds = time.perf_counter() - start
     model.expected_test_images = manifest["num_samples"]
     trainer.test(model, datamodule=datamodule, verbose=False)
-    metrics = {**model.test_results, "experiment": cfg.experiment, "cell": cfg.cell,
-               "class_names": class_names(cfg.dataset), "train_seconds": round(time.perf_counter() - start, 1),
+    metrics = {**model.test_results, **run_record(cfg, trainer.world_size), "class_names": class_names(cfg.dataset),
+               "train_seconds": round(train_seconds, 1),
+               "eval_seconds": round(time.perf_counter() - start - train_seconds, 1),
                "epochs": trainer.current_epoch, **data_report(datamodule, cfg)}
     if trainer.is_global_zero:
         write_json(directory / "metrics.json", metrics)
@@ -48,6 +59,9 @@ def train_cell(cfg: DictConfig) -> dict:
 
 def train(cfg: DictConfig) -> dict[str, dict]:
     """Every selected cell; returns {cell: metrics}."""
+    if cfg.task != "segmentation":
+        raise ValueError(f"experiment {cfg.experiment} is a {cfg.task} task: nothing to train; "
+                         f"run python eval.py experiment={cfg.experiment}")
     results = {cell: train_cell(ccfg) for cell, ccfg in cell_configs(cfg).items()}
     return results
 

@@ -313,6 +313,17 @@ class ClipBackbone:
                 patches = patches @ self.visual.proj
         return patches[0].T.reshape(-1, h, w).float().cpu().contiguous()
 
+    @torch.inference_mode()
+    def global_feature(self, image: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 -> the class token after the last block and ``ln_post`` (through ``proj``
+        when ``project``: CLIP's image embedding), the image padded as for ``features``."""
+        with torch.autocast("cuda", dtype=torch.float16) if self.autocast else contextlib.nullcontext():
+            tokens, _ = self._embed(self.pixels(image))  # (1, 1 + h*w, width)
+            cls = self.visual.ln_post(self.visual.transformer(tokens)[:, 0])
+            if self.project:
+                cls = cls @ self.visual.proj
+        return cls[0].float().cpu()
+
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """(1, 3, Hp, Wp) -> (1, 1 + h*w, width) tokens after ln_pre, and (h, w)."""
         v = self.visual

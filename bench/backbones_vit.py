@@ -222,6 +222,17 @@ class ViTBackbone:
             grids = [grid + pos for grid in grids]
         return torch.cat(grids).cpu()
 
+    @torch.no_grad()
+    def global_feature(self, image: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) uint8 -> (model width,) float32: the class token after the last block and the final
+        norm (DINOv2's ``x_norm_clstoken``), the image preprocessed as for ``features``."""
+        x = self.preprocess(image)[None].to(self.device)
+        autocast = (torch.autocast("cuda", dtype=DTYPES[self.dtype])
+                    if self.device.type == "cuda" and self.dtype != "fp32" else nullcontext())
+        with autocast:
+            tokens = self.model.forward_features(x)  # (1, 1 + h*w, width), final norm applied
+        return tokens[0, 0].float().cpu()
+
 
 # ----------------------------------------------------------------------------------------------
 # Checkpoints

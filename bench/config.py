@@ -40,7 +40,7 @@ if not OmegaConf.has_resolver("digest"):
 
 # Nodes whose keys are the user's own names (table rows, columns, reference numbers), and
 # `trainer`, which takes any pytorch_lightning.Trainer argument (checked in bench.runs).
-OPEN_NODES = ("table.rows", "table.columns", "table.reference", "trainer")
+OPEN_NODES = ("table.rows", "table.columns", "table.cells", "table.reference", "table.sweep", "trainer")
 
 
 class ConfigError(ValueError):
@@ -80,7 +80,15 @@ def _unknown_key_error(cfg: DictConfig, key: str, source: str) -> ConfigError:
 
 
 def _merge_checked(base: DictConfig, update: DictConfig, source: str) -> DictConfig:
-    """Merge ``update`` into ``base``; an unknown key names its nearest valid keys."""
+    """Merge ``update`` into ``base``; an unknown key names its nearest valid keys. A
+    ``model.preset`` or ``model.compat`` in ``update`` brings its values (bench/presets.py) under
+    ``update``'s own keys."""
+    from bench.presets import expand_presets
+
+    try:
+        update = expand_presets(update)
+    except ValueError as err:
+        raise ConfigError(f"{err} (from {source})") from None
     for key in _all_keys(update):
         if OmegaConf.select(base, key, default="__missing__") == "__missing__":
             parent = key.rsplit(".", 1)[0] if "." in key else ""
@@ -164,17 +172,48 @@ def apply_overrides(cfg: DictConfig, overrides: dict | DictConfig, source: str) 
     return merged
 
 
+def _sweep_rows(sweep: dict) -> dict[str, dict]:
+    """``{key: [v1, v2], ...}`` -> one row per combination, named ``lr=0.1,decoder=mlp``."""
+    import itertools
+
+    keys = list(sweep)
+    leaves = [k.rsplit(".", 1)[-1] for k in keys]
+    names = [leaf if leaves.count(leaf) == 1 else key for key, leaf in zip(keys, leaves)]
+    for key, values in sweep.items():
+        if not isinstance(values, list) or not values:
+            raise ConfigError(f"table.sweep.{key} must be a non-empty list of values, got {values!r}")
+    rows = {}
+    for combo in itertools.product(*(sweep[k] for k in keys)):
+        name = ",".join(f"{n}={str(v).replace('/', '_')}" for n, v in zip(names, combo))
+        rows[name] = dict(zip(keys, combo))
+    return rows
+
+
+def table_rows(cfg: DictConfig) -> dict[str, dict]:
+    """Row name -> its overrides: ``table.rows``, each crossed with the ``table.sweep`` grid if one is
+    declared (row ``mlp`` x ``{model.lr: [0.1, 0.01]}`` -> ``mlp,lr=0.1`` and ``mlp,lr=0.01``)."""
+    rows = OmegaConf.to_container(cfg.table.rows) if cfg.table.rows else {}
+    sweep = OmegaConf.to_container(cfg.table.sweep) if cfg.table.sweep else {}
+    if not sweep:
+        return rows
+    grid = _sweep_rows(sweep)
+    if not rows:
+        return grid
+    return {f"{row},{name}": {**overrides, **point} for row, overrides in rows.items()
+            for name, point in grid.items()}
+
+
 def table_cells(cfg: DictConfig) -> list[str]:
     """All ``row/column`` cell names of the experiment's table, in declaration order."""
-    table = cfg.table
-    if not table.rows:
+    rows = table_rows(cfg)
+    if not rows:
         return []
-    columns = list(table.columns) if table.columns else ["default"]
-    return [f"{row}/{col}" for row in table.rows for col in columns]
+    columns = list(cfg.table.columns) if cfg.table.columns else ["default"]
+    return [f"{row}/{col}" for row in rows for col in columns]
 
 
 def cell_config(cfg: DictConfig, cell: str) -> DictConfig:
-    """The config of one table cell: the experiment with its row and column overrides."""
+    """The config of one table cell: the experiment with its column, row and cell overrides."""
     cells = table_cells(cfg)
     if cell not in cells:
         raise ConfigError(f"cell '{cell}' is not in experiment '{cfg.experiment}'. Cells: {', '.join(cells)}")
@@ -182,7 +221,9 @@ def cell_config(cfg: DictConfig, cell: str) -> DictConfig:
     out = cfg
     if cfg.table.columns:  # a column sets up a dataset; the row, the variable studied, wins over it
         out = apply_overrides(out, cfg.table.columns[col], f"table.columns.{col}")
-    out = apply_overrides(out, cfg.table.rows[row], f"table.rows.{row}")
+    out = apply_overrides(out, table_rows(cfg)[row], f"table.rows.{row}")
+    if cfg.table.cells and cell in cfg.table.cells:  # what only this row in this column needs
+        out = apply_overrides(out, cfg.table.cells[cell], f"table.cells.{cell}")
     if cfg.overrides:
         out = _merge_checked(out, OmegaConf.from_dotlist(list(cfg.overrides)), "command line")
         OmegaConf.set_struct(out, True)
@@ -207,9 +248,49 @@ def selected_cells(cfg: DictConfig) -> list[str]:
 
 def cell_configs(cfg: DictConfig) -> dict[str, DictConfig]:
     """{cell: its config} for the cells this invocation runs (the config itself without a table)."""
-    if not cfg.table.rows:
+    if not table_rows(cfg):
         return {"default/default": cfg}
     return {cell: cell_config(cfg, cell) for cell in selected_cells(cfg)}
+
+
+# Keys that say where and how a run executes, not what it computes: left out of the config hash.
+EXECUTION_KEYS = (
+    "experiment", "cell", "overrides", "resume", "rerun", "save_predictions", "pictures", "table", "logger",
+    "paths", "data.num_workers", "data.verify", "extract.progress", "extract.index", "extract.count",
+    "extract.shard_dir", "extract.feature_cache", "regions.cache",  # locations of what the other keys define
+    "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps",
+)
+
+
+def config_hash(cfg: DictConfig, ignore: tuple[str, ...] = ()) -> str:
+    """12 hex digits identifying what a run computes: the resolved config without EXECUTION_KEYS
+    (and ``ignore``), with file locations under paths.* written relative to them (a moved checkout
+    keeps its hashes)."""
+    import hashlib
+    import json
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    roots = sorted(((str(v).rstrip("/"), f"${{paths.{k}}}") for k, v in resolved["paths"].items() if v),
+                   key=lambda kv: -len(kv[0]))
+
+    def relative(value):
+        if isinstance(value, dict):
+            return {k: relative(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [relative(v) for v in value]
+        if isinstance(value, str):
+            for root, name in roots:
+                if value == root or value.startswith(root + "/"):
+                    return name + value[len(root):]
+        return value
+
+    for key in (*EXECUTION_KEYS, *ignore):
+        parent, _, leaf = key.rpartition(".")
+        node = resolved
+        for part in parent.split(".") if parent else []:
+            node = node.get(part, {})
+        node.pop(leaf, None)
+    return hashlib.sha256(json.dumps(relative(resolved), sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def save_config(cfg: DictConfig, path: Path) -> None:

@@ -131,25 +131,32 @@ class Extractor:
         height, width = rgb.shape[:2]
         if label.shape != (height, width):
             raise ValueError(f"label of '{key}' is {label.shape} but its image is {(height, width)}")
+        clock = [time.perf_counter()]  # stage boundaries: features, regions, pooling, encode
         grid, features_cached, backbone_seconds = self.grid(key, rgb)  # (d, h, w)
         p = self.patch_size
         d, h, w = grid.shape
+        clock.append(time.perf_counter())
         masks, stats = self.masks(key, rgb, label)
         stats = {**stats, "features_cached": features_cached, "backbone_seconds": backbone_seconds}
+        clock.append(time.perf_counter())
         if len(masks):
             feats = pool_regions(grid, torch.from_numpy(masks), p, mode=self.pooling).numpy()
         else:  # no regions (e.g. SAM found nothing): the image still flows through, all uncovered
             feats = np.zeros((0, d), dtype=np.float32)
+        clock.append(time.perf_counter())
         meta = {"id": key, "height": height, "width": width, "patch_size": p, "grid": [h, w],
                 "pad": [(h * p - height) // 2, (w * p - width) // 2],
                 # timings stay out of the tar (in the shard entry) so shard bytes are reproducible
                 "regions": stats["regions"], "coverage": stats["coverage"]}
-        return stats, shards.encode_sample(
+        sample = shards.encode_sample(
             key, feats=feats, rles=encode_rles(masks) if len(masks) else [],
             areas=masks.sum(axis=(1, 2)),
             hist=class_histogram(masks, label, self.num_classes, self.ignore_index)
             if len(masks) else np.zeros((0, self.num_classes + 1), np.int32),
             label=label, meta=meta, patches=grid.numpy() if self.patches else None)
+        clock.append(time.perf_counter())
+        stats["stage_seconds"] = dict(zip(("features", "regions", "pooling", "encode"), np.diff(clock).tolist()))
+        return stats, sample
 
 
 def process_split(cfg: DictConfig, extractor: Extractor, split: str, index: int, count: int) -> dict | None:
@@ -170,10 +177,12 @@ def process_split(cfg: DictConfig, extractor: Extractor, split: str, index: int,
     for i in todo:
         skipped: list[dict] = []
         stats: dict[str, dict] = {}
+        busy = [0.0]  # seconds spent making samples; the rest of write_shard's time is writing
 
-        def samples(ids=plan[i], skipped=skipped, stats=stats):
+        def samples(ids=plan[i], skipped=skipped, stats=stats, busy=busy):
             for key in ids:
                 item = by_id[key]
+                start = time.perf_counter()
                 label = load_label(item.label_path)
                 try:
                     image = load_image_for_label(item.image_path, label.shape)
@@ -182,16 +191,22 @@ def process_split(cfg: DictConfig, extractor: Extractor, split: str, index: int,
                     skipped.append({"id": key, "path": str(item.image_path), "reason": str(err)})
                     bar.update(1)
                     continue
+                decoded = time.perf_counter()
                 stats[key], sample = extractor.sample(key, image, label)
+                stats[key]["stage_seconds"]["decode"] = decoded - start
+                busy[0] += time.perf_counter() - start
                 yield sample
                 bar.update(1)
 
         name = shards.shard_name(i)
         tar = split_dir / f"{name}.tar"
+        start = time.perf_counter()
         keys = shards.write_shard(tar, samples())
+        digest = shards.sha256(tar)
         shards.write_entry(split_dir, shards.ShardEntry(
-            name=name, count=len(keys), keys=keys, sha256=shards.sha256(tar), bytes=tar.stat().st_size,
-            regions=sum(v["regions"] for v in stats.values()), stats=stats, skipped=skipped))
+            name=name, count=len(keys), keys=keys, sha256=digest, bytes=tar.stat().st_size,
+            regions=sum(v["regions"] for v in stats.values()), stats=stats, skipped=skipped,
+            write_seconds=time.perf_counter() - start - busy[0]))
     bar.close()
     info = {
         "split": split,
@@ -227,6 +242,9 @@ def process_index(cfg: DictConfig) -> tuple[int, int]:
 
 def extract(cfg: DictConfig) -> dict[str, dict]:
     """Extract every shard set the selected cells need; returns {shard_dir/split: manifest}."""
+    if cfg.task == "retrieval":  # database shards of the val split + query vectors (bench/retrieval.py)
+        from bench.retrieval import extract_retrieval
+        return extract_retrieval(cfg)
     index, count = process_index(cfg)
     done: dict[str, dict] = {}
     for ccfg in cell_configs(cfg).values():

@@ -23,15 +23,28 @@ def class_histogram(masks: np.ndarray, label: np.ndarray, num_classes: int, igno
     return np.rint(counts).astype(np.int32)
 
 
-def region_labels(hist: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+LABEL_DENOMINATORS = ("labelled", "all")
+
+
+def region_labels(hist: torch.Tensor, threshold: float = 0.5, denominator: str = "labelled") -> torch.Tensor:
     """The training label of each region, or -1 for regions left out of the loss.
 
     hist (N, C + 1) pixel counts (last column: ignore pixels) -> (N,) int64.
-    A region takes its majority class when that class covers strictly more than
-    ``threshold`` of the region's pixels, ignore pixels included in the total (the
-    paper's rule); ties go to the lower class id.
+    A region takes its majority class when that class covers strictly more than ``threshold``
+    of the region's pixels, counted over ``denominator``:
+
+    ``labelled`` (default): the region's labelled pixels only, so ignore pixels (VOC's void
+        borders, ADE20K's "other") neither vote nor dilute the vote; a region with no labelled
+        pixel gets -1.
+    ``all``: every pixel of the region, ignore pixels included (the released code's rule,
+        official-code-spec §4): a region half void and half "person" is left out at 0.5.
+
+    Ties (possible below threshold 0.5) go to the lower class id.
     """
-    total = hist.sum(dim=1)
-    count, cls = hist[:, :-1].max(dim=1)  # max returns the first maximum: lower id wins ties
+    if denominator not in LABEL_DENOMINATORS:
+        raise ValueError(f"model.label_denominator={denominator!r}; valid: {', '.join(LABEL_DENOMINATORS)}")
+    counts = hist[:, :-1]
+    total = counts.sum(dim=1) if denominator == "labelled" else hist.sum(dim=1)
+    count, cls = counts.max(dim=1)  # max returns the first maximum: lower id wins ties
     keep = (count.double() > threshold * total.double()) & (count > 0)
     return torch.where(keep, cls, torch.full_like(cls, -1))

@@ -6,7 +6,7 @@ DDP ranks (sum reduction, also with unequal update counts per rank).
 
     paint_regions(probs (R,C), masks (R,H,W))   -> pred (H,W) in {-1, 0..C-1}, coverage (H,W)
     confusion_matrix(pred, target, C)           -> (C, C+1) int64; column C = "no prediction"
-    iou_from_confusion(confmat)                 -> dict of JSON-able numbers
+    iou_from_confusion(confmat, unscored)       -> dict of JSON-able numbers
 
 Conventions (spec §6, "fixed" mode):
 - Rows are ground-truth classes, columns predicted classes. The extra column C counts
@@ -20,12 +20,15 @@ Conventions (spec §6, "fixed" mode):
 
 Compatibility with the released code: ``paint_regions(..., uncovered="background")`` gives
 its VOC behaviour. Its 149-class ADE mIoU equals our per-class IoU with class 149 left out of
-the mean (its histograms never count class 149, in GT or prediction).
+the mean (its histograms never count class 149, in GT or prediction), i.e.
+``iou_from_confusion(confmat, unscored_classes=[149])`` (``model.unscored_classes``).
 """
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 from torchmetrics import Metric
@@ -107,18 +110,33 @@ def confusion_matrix(pred: Tensor, target: Tensor, num_classes: int, ignore_inde
     return counts.reshape(C, C + 1)
 
 
-def iou_from_confusion(confmat: Tensor) -> dict:
+def _scored_classes(unscored: Sequence[int], num_classes: int) -> list[int]:
+    """The class indices in the means: all but ``unscored`` (which must be valid class indices)."""
+    bad = [c for c in unscored if not 0 <= c < num_classes]
+    if bad:
+        raise ValueError(f"unscored_classes lists {bad}, outside 0..{num_classes - 1}: "
+                         "fix model.unscored_classes (the released code's ADE20K scoring: [149])")
+    return [c for c in range(num_classes) if c not in set(unscored)]
+
+
+def iou_from_confusion(confmat: Tensor, unscored_classes: Sequence[int] = ()) -> dict:
     """IoU, accuracies and coverage from a (C, C+1) confusion matrix (see ``confusion_matrix``).
 
+    ``unscored_classes`` are left out of the means (miou, mean_class_acc) and of pixel_acc, but
+    their pixels stay evaluated: a prediction of class c on them is a false positive of c, and a
+    prediction of an unscored class on a pixel of c a false negative of c. With [149] on ADE20K
+    this is the released code's 149-class mIoU (its histograms drop reduced class 149, "flag").
+
     Returns a dict of plain Python numbers and lists:
-        miou            mean IoU over classes with non-zero union (NaN if there is none)
+        miou            mean IoU over scored classes with non-zero union (NaN if there is none)
         iou_per_class   C floats; TP / (GT + Pred - TP), NaN where the union is zero
         absent_classes  class indices with zero union, i.e. excluded from ``miou``
-        pixel_acc       correct pixels / scored pixels (uncovered pixels count as wrong)
-        mean_class_acc  mean of acc_per_class over classes present in the ground truth
+        unscored_classes  the class indices left out of the means, as given
+        pixel_acc       correct pixels / pixels of scored classes (uncovered pixels count as wrong)
+        mean_class_acc  mean of acc_per_class over scored classes present in the ground truth
         acc_per_class   C floats; TP / GT, NaN where the class is absent from the GT
-        num_pixels      scored (non-ignored) pixels
-        uncovered_pixels  scored pixels that no region covered (column C)
+        num_pixels      evaluated (non-ignored) pixels, unscored classes included
+        uncovered_pixels  evaluated pixels that no region covered (column C)
 
     NaNs survive ``json.dump`` as the token ``NaN`` (Python reads it back; strict JSON parsers
     do not).
@@ -127,6 +145,8 @@ def iou_from_confusion(confmat: Tensor) -> dict:
         raise ValueError(f"confmat must have shape (C, C+1), got {tuple(confmat.shape)}")
     cm = confmat.detach().to("cpu", torch.int64)
     C = cm.shape[0]
+    unscored = sorted({int(c) for c in unscored_classes})
+    scored = _scored_classes(unscored, C)
     tp = cm.diagonal()  # (C,) the diagonal of the square part
     gt = cm.sum(1)  # (C,) includes uncovered pixels, so they are false negatives
     pred = cm[:, :C].sum(0)  # (C,)
@@ -136,14 +156,16 @@ def iou_from_confusion(confmat: Tensor) -> dict:
         return [n / d if d > 0 else math.nan for n, d in zip(num.tolist(), den.tolist())]
 
     iou, acc = ratio(tp, union), ratio(tp, gt)
-    present_iou = [v for v in iou if not math.isnan(v)]
-    present_acc = [v for v in acc if not math.isnan(v)]
+    present_iou = [iou[c] for c in scored if not math.isnan(iou[c])]
+    present_acc = [acc[c] for c in scored if not math.isnan(acc[c])]
     total = int(cm.sum())
+    scored_total = int(gt[scored].sum())
     return {
         "miou": sum(present_iou) / len(present_iou) if present_iou else math.nan,
         "iou_per_class": iou,
         "absent_classes": [c for c, u in enumerate(union.tolist()) if u == 0],
-        "pixel_acc": int(tp.sum()) / total if total else math.nan,
+        "unscored_classes": unscored,
+        "pixel_acc": int(tp[scored].sum()) / scored_total if scored_total else math.nan,
         "mean_class_acc": sum(present_acc) / len(present_acc) if present_acc else math.nan,
         "acc_per_class": acc,
         "num_pixels": total,
@@ -179,11 +201,14 @@ class SegmentationMetric(Metric):
     higher_is_better = True
     confmat: Tensor
 
-    def __init__(self, num_classes: int, ignore_index: int = 255, **kwargs) -> None:
+    def __init__(self, num_classes: int, ignore_index: int = 255, unscored_classes: Sequence[int] = (),
+                 **kwargs) -> None:
         super().__init__(**kwargs)  # torchmetrics rejects unknown keyword arguments itself
         _check_ignore_index(ignore_index, num_classes)
         self.num_classes = num_classes
         self.ignore_index = ignore_index
+        self.unscored_classes = list(unscored_classes)  # left out of the means (see iou_from_confusion)
+        _scored_classes(self.unscored_classes, num_classes)
         self.add_state(
             "confmat", torch.zeros(num_classes, num_classes + 1, dtype=torch.int64), dist_reduce_fx="sum"
         )
@@ -193,7 +218,43 @@ class SegmentationMetric(Metric):
 
     def compute(self) -> dict:
         """``iou_from_confusion`` of the synced matrix, plus the matrix itself as ``confusion``."""
-        return {**iou_from_confusion(self.confmat), "confusion": self.confmat.tolist()}
+        return {**iou_from_confusion(self.confmat, self.unscored_classes), "confusion": self.confmat.tolist()}
+
+
+def _region_set_means(probs: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """probs (R, C) float64, masks (R, H, W) bool -> (group (H, W) int64, means (G, C) float64,
+    counts (G,) int64): pixels of one group are covered by the same set of regions, of size
+    counts[g], whose mean probability vector is means[g]. Group 0 is the uncovered pixels.
+
+    Partition refinement, one mask at a time and only inside its bounding box: the pixels of
+    mask r in group g move to a new group "g plus r", whose sum is sum[g] + probs[r] (regions
+    are added in ascending order, like a per-pixel sum). Groups emptied this way stay unused.
+    """
+    from bench.pooling import bounding_boxes
+
+    (R, C), (H, W) = probs.shape, masks.shape[1:]
+    group = np.zeros((H, W), dtype=np.int64)
+    sums, counts = np.zeros((max(64, 4 * R), C)), np.zeros(max(64, 4 * R), dtype=np.int64)
+    total = 1  # groups so far; group 0 = no region
+    for r, (y0, y1, x0, x1) in enumerate(bounding_boxes(masks).tolist()):
+        if y0 == y1:
+            continue
+        inside, window = masks[r, y0:y1, x0:x1], group[y0:y1, x0:x1]
+        old = window[inside]  # (|M_r|,) current groups of the mask's pixels
+        present = np.zeros(total, dtype=bool)
+        present[old] = True
+        parents = np.flatnonzero(present)  # (k,) groups that r splits
+        new = total + np.arange(len(parents))
+        if new[-1] >= len(sums):  # grow the buffers geometrically
+            sums = np.concatenate([sums, np.zeros_like(sums)])
+            counts = np.concatenate([counts, np.zeros_like(counts)])
+        sums[new], counts[new] = sums[parents] + probs[r], counts[parents] + 1
+        lookup = np.zeros(total, dtype=np.int64)
+        lookup[parents] = new
+        window[inside] = lookup[old]
+        total += len(parents)
+    means = sums[:total] / np.maximum(counts[:total], 1)[:, None]
+    return group, means, counts[:total]
 
 
 def paint_regions(
@@ -202,8 +263,12 @@ def paint_regions(
     """Pixel predictions from region class probabilities (the paper's avg-after-softmax).
 
     A pixel's class probabilities are the mean of the probability vectors of all regions
-    containing it; its class is the argmax, ties going to the lower class index. Computed as
-    (masks (R,HW)^T @ probs (R,C)) / coverage, in chunks of pixels.
+    containing it; its class is the argmax, ties going to the lower class index.
+
+    With probs on the CPU, pixels are grouped by the set of regions covering them
+    (``_region_set_means``): each distinct set's mean is computed once, in float64, and the
+    pixels take their group's class — a few thousand groups instead of H*W pixels. On another
+    device: (masks (R,HW)^T @ probs (R,C)) / coverage, in chunks of pixels.
 
     Args:
         probs: (R, C) float, one row per region (softmax outputs; any finite scores work).
@@ -217,7 +282,8 @@ def paint_regions(
             "background": class 0, as the released code does (its prediction map starts at 0).
                 That is its VOC behaviour; for ADE in reduced labels (0 = wall) the released code
                 behaves like "miss", because its 0 becomes 255 after label reduction.
-        pixels_per_chunk: pixels per matmul; default keeps each chunk near 4M float elements.
+        pixels_per_chunk: pixels per matmul on a non-CPU device; default keeps each chunk near
+            4M float elements.
 
     Returns:
         pred: (H, W) int64 class indices (or NO_PREDICTION), on the device of ``probs``.
@@ -237,18 +303,23 @@ def paint_regions(
         raise ValueError("probs contains NaN or Inf (an empty region's pooled feature is NaN)")
     R, C = probs.shape
     _, H, W = masks.shape
-    dtype = torch.promote_types(probs.dtype, torch.float32)  # never average in fp16/bf16
-    probs = probs.to(dtype)
-    flat = masks.reshape(R, H * W).to(probs.device)
-    coverage = flat.sum(0)  # (HW,) int64
-    pred = torch.full((H * W,), NO_PREDICTION, dtype=torch.int64, device=probs.device)
-    step = pixels_per_chunk or max(1, _CHUNK_ELEMENTS // max(R, C))
-    for start in range(0, H * W, step):
-        cov = coverage[start : start + step]  # (P,)
-        summed = flat[:, start : start + step].T.to(dtype) @ probs  # (P, C)
-        mean = summed / cov.clamp(min=1).unsqueeze(1).to(dtype)
-        pred[start : start + step] = torch.where(cov > 0, mean.argmax(1), NO_PREDICTION)
-    pred, coverage = pred.reshape(H, W), coverage.reshape(H, W)
+    if probs.device.type == "cpu":
+        group, means, counts = _region_set_means(probs.detach().double().numpy(), masks.cpu().numpy())
+        best = np.where(counts > 0, means.argmax(axis=1), NO_PREDICTION)  # np.argmax: first maximum
+        pred, coverage = torch.from_numpy(best[group]), torch.from_numpy(counts[group])
+    else:
+        dtype = torch.promote_types(probs.dtype, torch.float32)  # never average in fp16/bf16
+        probs = probs.to(dtype)
+        flat = masks.reshape(R, H * W).to(probs.device)
+        coverage = flat.sum(0)  # (HW,) int64
+        pred = torch.full((H * W,), NO_PREDICTION, dtype=torch.int64, device=probs.device)
+        step = pixels_per_chunk or max(1, _CHUNK_ELEMENTS // max(R, C))
+        for start in range(0, H * W, step):
+            cov = coverage[start : start + step]  # (P,)
+            summed = flat[:, start : start + step].T.to(dtype) @ probs  # (P, C)
+            mean = summed / cov.clamp(min=1).unsqueeze(1).to(dtype)
+            pred[start : start + step] = torch.where(cov > 0, mean.argmax(1), NO_PREDICTION)
+        pred, coverage = pred.reshape(H, W), coverage.reshape(H, W)
 
     missing = coverage == 0
     if uncovered == "background":

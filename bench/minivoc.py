@@ -134,7 +134,7 @@ def _smooth_noise(rng: np.random.Generator, height: int, width: int, cells: int)
 def _background(rng: np.random.Generator, height: int, width: int, classes: list[int]) -> np.ndarray:
     """(H, W, 3) float32 RGB background of one of five kinds."""
     colours = BACKGROUND_COLOURS[rng.choice(len(BACKGROUND_COLOURS), 2, replace=False)]
-    if rng.random() < 0.4:  # borrow an object's colour so colour alone cannot find objects
+    if classes and rng.random() < 0.4:  # borrow an object's colour so colour alone cannot find objects
         colours[rng.integers(2)] = CLASS_STYLES[classes[rng.integers(len(classes))]][1]
     colours += rng.normal(0, 12, colours.shape)
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
@@ -203,8 +203,21 @@ def render_scene(seed: int, index: int, width: int = 320, height: int = 240) -> 
     Returns the image (H, W, 3) uint8 and its label (H, W) uint8 (0 = background,
     VOC class indices, 255 = void band along object boundaries).
     """
+    image, label, _, _ = render_scene_instances(seed, index, width, height)
+    return image, label
+
+
+def render_scene_instances(seed: int, index: int, width: int = 320, height: int = 240,
+                           count: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+    """``render_scene`` plus its instances: (image, label, instance (H, W) int32, classes).
+
+    instance: 0 = background, k = the k-th object drawn (its visible pixels; later objects lie on
+    top), of VOC class ``classes[k - 1]``. ``count`` forces the number of objects (0 = background
+    only); None draws it as ``render_scene`` does, so the two give identical images.
+    """
     rng = np.random.default_rng([seed, index])
-    count = int(rng.choice([1, 2, 3, 4, 5], p=[0.1, 0.2, 0.3, 0.25, 0.15]))
+    drawn = int(rng.choice([1, 2, 3, 4, 5], p=[0.1, 0.2, 0.3, 0.25, 0.15]))
+    count = drawn if count is None else count
     classes = [int(c) for c in rng.choice(CLASSES, count)]
     # Drawn largest first, so small objects land on top of large ones rather than vanish under them.
     # Log-scale sizes skewed towards large (median ~100 px): unskewed, objects are
@@ -221,7 +234,7 @@ def render_scene(seed: int, index: int, width: int = 320, height: int = 240) -> 
     image[:, 1:-1] = 0.25 * image[:, :-2] + 0.5 * image[:, 1:-1] + 0.25 * image[:, 2:]
     image += rng.normal(0, 3, image.shape)
     label[void_band(instance)] = IGNORE_INDEX
-    return np.clip(image + 0.5, 0, 255).astype(np.uint8), label
+    return np.clip(image + 0.5, 0, 255).astype(np.uint8), label, instance, classes
 
 
 def image_id(index: int) -> str:

@@ -22,6 +22,9 @@ obviously-correct reference that the tests and benchmarks compare against.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+from typing import Iterator
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -133,6 +136,23 @@ def pool_regions(features: torch.Tensor, masks: torch.Tensor | np.ndarray, patch
     return weights @ flat
 
 
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """Run torch CPU ops on one thread inside the block; the thread count is restored after.
+
+    For loops of many small ops: with intra-op threads each op ends in a thread barrier, and on
+    a CPU shared with other jobs a descheduled thread stalls every barrier (bounding-box
+    moments at 1024x1024: 4.7 s on two threads vs 30 ms on one, on this busy 2-core machine).
+    Not thread-safe: another Python thread's torch ops also run on one thread meanwhile.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _raise_if_empty(is_empty: torch.Tensor, empty: str) -> None:
     if empty == "error" and is_empty.any():
         raise ValueError(f"masks {is_empty.nonzero().flatten().tolist()} are empty; drop them before "
@@ -143,9 +163,14 @@ def _mask_moments(masks: torch.Tensor, along_y: torch.Tensor, along_x: torch.Ten
                   chunk_elements: int) -> tuple[torch.Tensor, torch.Tensor]:
     """masks (R, H, W), along_y (H, h), along_x (W, w) -> ((R, h, w) along_y^T M_r along_x, (R,) |M_r|).
 
-    The areas come out of the same matmuls: a column of ones appended to both matrices makes
-    entry (h, w) equal 1^T M 1, a sum of 0/1 products that float32 holds exactly below 2^24 pixels.
+    CPU masks: computed on each mask's bounding box only (``_box_moments``). Masks on another
+    device: dense batched matmuls over chunks of masks; the areas come out of the same matmuls:
+    a column of ones appended to both matrices makes entry (h, w) equal 1^T M 1, a sum of 0/1
+    products that float32 holds exactly below 2^24 pixels.
     """
+    if masks.device.type == "cpu" and along_y.device.type == "cpu":
+        with one_thread():
+            return _box_moments(masks.numpy(), along_y, along_x)
     height, width = masks.shape[1:]
     h, w = along_y.shape[1], along_x.shape[1]
     along_y = torch.cat([along_y, along_y.new_ones(height, 1)], dim=1)  # (H, h+1)
@@ -153,10 +178,7 @@ def _mask_moments(masks: torch.Tensor, along_y: torch.Tensor, along_x: torch.Ten
     chunk = max(1, chunk_elements // (height * width))
     out = []
     for start in range(0, len(masks), chunk):
-        block = masks[start:start + chunk]
-        if block.device.type == "cpu":  # numpy's bool->float32 cast is several times faster than torch's on CPU
-            block = torch.from_numpy(block.numpy().astype(np.float32))
-        block = block.to(along_y.device, torch.float32)  # (c, H, W)
+        block = masks[start:start + chunk].to(along_y.device, torch.float32)  # (c, H, W)
         if h <= w:  # contract the image side with the smaller grid side first
             out.append((along_y.T @ block) @ along_x)
         else:
@@ -165,53 +187,130 @@ def _mask_moments(masks: torch.Tensor, along_y: torch.Tensor, along_x: torch.Ten
     return moments[:, :h, :w], moments[:, h, w]
 
 
+def bounding_boxes(masks: np.ndarray) -> np.ndarray:
+    """(R, H, W) bool -> (R, 4) int64 rows [y_start, y_stop, x_start, x_stop); all 0 for an empty mask."""
+    rows, cols = masks.any(axis=2), masks.any(axis=1)  # (R, H), (R, W): two fast passes over the masks
+    height, width = masks.shape[1:]
+    boxes = np.stack([rows.argmax(axis=1), height - rows[:, ::-1].argmax(axis=1),
+                      cols.argmax(axis=1), width - cols[:, ::-1].argmax(axis=1)], axis=1)
+    boxes[~rows.any(axis=1)] = 0
+    return boxes
+
+
+def _support(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(size, grid) interpolation matrix -> (first, stop) (size,) int: row y's non-zero columns lie in first[y]:stop[y]."""
+    nonzero = matrix != 0
+    return nonzero.argmax(axis=1), matrix.shape[1] - nonzero[:, ::-1].argmax(axis=1)
+
+
+def _box_moments(masks: np.ndarray, along_y: torch.Tensor, along_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``_mask_moments`` on CPU: for each mask only its bounding box (y0:y1, x0:x1) and the grid
+    cells its rows and columns reach (first[y0]:stop[y1-1], both matrices are banded and
+    monotone) enter the matmuls. SAM-like masks' boxes total ~1/40 of R*H*W at ADE20K size, so
+    this does ~1/40 of the dense work and never converts the whole stack to float. The small
+    matmuls are torch's (numpy's BLAS threads cannot be limited without another package)."""
+    count, (h, w) = len(masks), (along_y.shape[1], along_x.shape[1])
+    first_y, stop_y = _support(along_y.numpy())
+    first_x, stop_x = _support(along_x.numpy())
+    weights = torch.zeros(count, h, w)
+    areas = np.zeros(count, dtype=np.float32)
+    for r, (y0, y1, x0, x1) in enumerate(bounding_boxes(masks).tolist()):
+        if y0 == y1:
+            continue
+        crop = masks[r, y0:y1, x0:x1]
+        i0, i1, j0, j1 = first_y[y0], stop_y[y1 - 1], first_x[x0], stop_x[x1 - 1]
+        block, ay, ax = torch.from_numpy(crop.astype(np.float32)), along_y[y0:y1, i0:i1], along_x[x0:x1, j0:j1]
+        weights[r, i0:i1, j0:j1] = (ay.T @ block) @ ax if i1 - i0 <= j1 - j0 else ay.T @ (block @ ax)
+        areas[r] = np.count_nonzero(crop)
+    return weights, torch.from_numpy(areas)
+
+
 def _max_pool(flat: torch.Tensor, masks: torch.Tensor, patch_size: int, grid: tuple[int, int],
               offsets: tuple[int, int], chunk_elements: int) -> torch.Tensor:
     """flat (h*w, d), masks (R, H, W) -> (R, d) channel-wise max of the bilinear upsampling over
     each mask's pixels (zeros for empty masks).
 
-    Exact, but evaluated at few pixels: along a row, pixels sharing the same left grid neighbour
-    x0 form an interpolation interval in which every channel is affine (or constant) in a weight
-    that is monotone in x, so the max over the mask's pixels of that interval is at its leftmost
-    or rightmost one. Keep only those; then, among the survivors of one column sharing the same
-    top neighbour y0, keep the topmost and bottommost for the same reason along y. Only these
-    candidates are interpolated from their 4 neighbours, in chunks of pixels.
+    Exact, but evaluated at few pixels (``_max_candidates``): only the candidates are
+    interpolated from their 4 neighbours, in chunks of pixels, and reduced per mask.
+
+    The loop issues thousands of small ops. With torch's intra-op threads each one ends in a
+    thread barrier, and on a CPU shared with other jobs a descheduled thread stalls every
+    barrier: 2.9 s instead of 0.07 s at ADE20K size on a busy 2-core machine. So on the CPU the
+    loop runs on one thread (``one_thread``).
     """
+    if flat.device.type == "cpu":
+        with one_thread():
+            return _max_pool_loop(flat, masks, patch_size, grid, offsets, chunk_elements)
+    return _max_pool_loop(flat, masks, patch_size, grid, offsets, chunk_elements)
+
+
+def _max_pool_loop(flat: torch.Tensor, masks: torch.Tensor, patch_size: int, grid: tuple[int, int],
+                   offsets: tuple[int, int], chunk_elements: int) -> torch.Tensor:
+    """``_max_pool``'s work."""
+    flat = flat.contiguous()  # rows are gathered: a transposed view would make every gather strided
     (h, w), (top, left), d = grid, offsets, flat.shape[1]
     height, width = masks.shape[1:]
     device = flat.device
-    y0, y1, wy = (t.to(device) for t in _neighbours(height, h, patch_size, top))
-    x0, x1, wx = (t.to(device) for t in _neighbours(width, w, patch_size, left))
-    wy, wx = wy.float(), wx.float()
+    y0, y1, wy = (t.numpy() for t in _neighbours(height, h, patch_size, top))
+    x0, x1, wx = (t.numpy() for t in _neighbours(width, w, patch_size, left))
+    region, ys, xs = _max_candidates(masks.cpu().numpy(), y0, x0, h, w)
+    # per candidate: the flat indices of its 4 neighbours and its two weights
+    corners = [torch.from_numpy(a).to(device) for a in
+               (y0[ys] * w + x0[xs], y0[ys] * w + x1[xs], y1[ys] * w + x0[xs], y1[ys] * w + x1[xs])]
+    fy, fx = (torch.from_numpy(a).float()[:, None].to(device) for a in (wy[ys], wx[xs]))
     out = torch.zeros(len(masks), d, device=device)
-    pixel_chunk = max(1, chunk_elements // (5 * d))  # 4 gathered neighbours + the result
+    # chunks of 256 candidates keep the (c, d) temporaries in cache; index_select gathers
+    # rows several times faster than advanced indexing
+    pixel_chunk = max(1, min(chunk_elements // (5 * d), 256))
+    bounds = np.searchsorted(region, np.arange(len(masks) + 1)).tolist()
     for r in range(len(masks)):
-        ys, xs = masks[r].to(device).nonzero(as_tuple=True)  # row-major: sorted by (y, x)
-        if len(ys) == 0:
-            continue
-        keep = _run_ends(ys * w + x0[xs])                    # ends of each (row, x-interval) run
-        ys, xs = ys[keep], xs[keep]
-        order = torch.argsort(xs * height + ys)              # now sorted by (x, y)
-        ys, xs = ys[order], xs[order]
-        keep = _run_ends(xs * h + y0[ys])                    # ends of each (column, y-interval) run
-        ys, xs = ys[keep], xs[keep]
-        best = torch.full((d,), float("-inf"), device=device)
-        for first in range(0, len(ys), pixel_chunk):
-            y, x = ys[first:first + pixel_chunk], xs[first:first + pixel_chunk]
-            fy, fx = wy[y, None], wx[x, None]
-            values = ((1 - fy) * ((1 - fx) * flat[y0[y] * w + x0[x]] + fx * flat[y0[y] * w + x1[x]])
-                      + fy * ((1 - fx) * flat[y1[y] * w + x0[x]] + fx * flat[y1[y] * w + x1[x]]))
-            best = torch.maximum(best, values.amax(dim=0))
-        out[r] = best
+        best = None
+        for first in range(bounds[r], bounds[r + 1], pixel_chunk):
+            part = slice(first, min(first + pixel_chunk, bounds[r + 1]))
+            c00, c01, c10, c11 = (flat.index_select(0, c[part]) for c in corners)
+            upper = torch.lerp(c00, c01, fx[part])  # (c, d)
+            lower = torch.lerp(c10, c11, fx[part])
+            values = torch.lerp(upper, lower, fy[part]).amax(dim=0)
+            best = values if best is None else torch.maximum(best, values)
+        if best is not None:  # else the mask is empty: zeros
+            out[r] = best
     return out
 
 
-def _run_ends(keys: torch.Tensor) -> torch.Tensor:
+def _max_candidates(masks: np.ndarray, lower_y: np.ndarray, lower_x: np.ndarray, h: int,
+                    w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(R, H, W) bool -> (region, y, x) int64 arrays of the pixels that can hold a channel's
+    maximum of the bilinear upsampling over their mask, grouped by region.
+
+    Along a row, pixels sharing the same left grid neighbour lower_x[x] form an interpolation
+    interval in which every channel is affine (or constant) in a weight that is monotone in x,
+    so the max over the mask's pixels of that interval is at its leftmost or rightmost one.
+    Keep only those; then, among the survivors of one column sharing the same top neighbour
+    lower_y[y], keep the topmost and bottommost for the same reason along y. Each mask is
+    searched within its bounding box only.
+    """
+    height = masks.shape[1]
+    regions, rows, cols = [], [], []
+    for r, (ya, yb, xa, xb) in enumerate(bounding_boxes(masks).tolist()):
+        if ya == yb:
+            continue
+        ys, xs = np.nonzero(masks[r, ya:yb, xa:xb])  # row-major: sorted by (y, x)
+        ys, xs = ys + ya, xs + xa
+        keep = _run_ends(ys * w + lower_x[xs])       # ends of each (row, x-interval) run
+        ys, xs = ys[keep], xs[keep]
+        order = np.argsort(xs * height + ys)         # now sorted by (x, y)
+        ys, xs = ys[order], xs[order]
+        keep = _run_ends(xs * h + lower_y[ys])       # ends of each (column, y-interval) run
+        rows.append(ys[keep]), cols.append(xs[keep]), regions.append(np.full(int(keep.sum()), r))
+    if not rows:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(regions), np.concatenate(rows), np.concatenate(cols)
+
+
+def _run_ends(keys: np.ndarray) -> np.ndarray:
     """(N,) keys with equal keys adjacent -> (N,) bool, True at the first and last element of each run."""
     change = keys[1:] != keys[:-1]
-    first = torch.cat([change.new_ones(1), change])
-    last = torch.cat([change, change.new_ones(1)])
-    return first | last
+    return np.concatenate([[True], change]) | np.concatenate([change, [True]])
 
 
 def pool_regions_reference(features: torch.Tensor, masks: torch.Tensor | np.ndarray, patch_size: int,

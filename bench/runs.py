@@ -5,15 +5,18 @@ import json
 import logging
 import math
 import os
+import platform
+import time
 import warnings
 from pathlib import Path
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
 
+from bench.config import config_hash
 from bench.shards import ShardError, load_manifest
 from datamodules.region_shards import RegionShardDataModule
-from models.segmenter import MODELS
+from models.segmenter import MODELS, training_unit
 
 log = logging.getLogger("regionbench")
 
@@ -42,7 +45,7 @@ def run_dir(cfg: DictConfig) -> Path:
 def build_datamodule(cfg: DictConfig) -> RegionShardDataModule:
     return RegionShardDataModule(shard_dir=cfg.extract.shard_dir, train_split=cfg.dataset.train_split,
                                  val_split=cfg.dataset.val_split, seed=cfg.seed,
-                                 train_unit="region" if cfg.model.kind == "region" else "image", **cfg.data)
+                                 train_unit=training_unit(cfg.model.kind, cfg.model.decoder), **cfg.data)
 
 
 def check_shards(cfg: DictConfig, datamodule: RegionShardDataModule, split: str) -> dict:
@@ -126,3 +129,66 @@ def summarize(metrics: dict, class_names: list[str] | None = None) -> str:
         worst = ", ".join(f"{n} {100 * v:.1f}" for v, n in sorted(ious)[:3])
         line += f"  (weakest: {worst})"
     return line
+
+
+def hardware(world_size: int = 1) -> str:
+    """What ran the job, for the leaderboard: '2x NVIDIA A100-SXM4-80GB' or '1x CPU <model> (2 cores)'."""
+    import torch
+
+    if torch.cuda.is_available():
+        device = torch.cuda.get_device_name(0)
+    else:
+        model = platform.processor() or platform.machine()
+        cpuinfo = Path("/proc/cpuinfo")
+        if cpuinfo.is_file():
+            names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                     if line.startswith("model name")]
+            model = names[0] if names else model
+        device = f"CPU {model} ({os.cpu_count()} cores)"
+    return f"{world_size}x {device}"
+
+
+def run_record(cfg: DictConfig, world_size: int) -> dict:
+    """What every metrics.json says about the run itself (the leaderboard's columns)."""
+    return {"experiment": cfg.experiment, "cell": cfg.cell, "config_hash": config_hash(cfg),
+            "dataset": cfg.dataset.name, "task": "segmentation", "world_size": world_size,
+            "hardware": hardware(world_size), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def finished_metrics(cfg: DictConfig, directory: Path) -> dict | None:
+    """The cell's metrics.json if it holds a finished training run of this very config."""
+    path = directory / "metrics.json"
+    if not path.is_file():
+        return None
+    metrics = json.loads(path.read_text())
+    return metrics if metrics.get("config_hash") == config_hash(cfg) and "train_seconds" in metrics else None
+
+
+# Settings a run may change and still continue from its checkpoint (train longer).
+RESUMABLE_CHANGES = ("trainer.max_epochs",)
+
+
+def check_resumable(cfg: DictConfig, directory: Path) -> Path | None:
+    """The checkpoint to resume from, if any. A run directory trained with another config is never
+    resumed: it is moved aside to ``<cell dir>@<its hash>`` (nothing is deleted) and the cell starts afresh."""
+    last = directory / "checkpoints" / "last.ckpt"
+    if not (cfg.resume and last.is_file()):
+        return None
+    saved = directory / "run.json"
+    theirs = json.loads(saved.read_text()).get("resume_hash") if saved.is_file() else None
+    if theirs == config_hash(cfg, RESUMABLE_CHANGES):
+        return last
+    aside = directory.with_name(f"{directory.name}@{theirs or 'unknown'}")
+    n = 1
+    while aside.exists():
+        aside, n = directory.with_name(f"{directory.name}@{theirs or 'unknown'}.{n}"), n + 1
+    directory.rename(aside)
+    log.warning("%s holds a run of another config (%s); moved to %s, training %s afresh", directory, theirs,
+                aside, cfg.cell)
+    return None
+
+
+def write_run_file(cfg: DictConfig, directory: Path) -> None:
+    """run.json: the hashes a later train.py compares before resuming from this run's checkpoint."""
+    write_json(directory / "run.json", {"config_hash": config_hash(cfg),
+                                        "resume_hash": config_hash(cfg, RESUMABLE_CHANGES)})

@@ -59,22 +59,24 @@ def merge_sam_slic(sam_masks: np.ndarray, slic_labels: np.ndarray, min_pixels: i
 
     flat = labels.ravel()  # (HW,)
     uncovered = ~sam.any(axis=0).ravel() if len(sam) else np.ones(flat.size, dtype=bool)  # (HW,)
-    sizes = np.bincount(flat)  # (L,) pixels per label
-    free = np.bincount(flat[uncovered], minlength=len(sizes))  # (L,) uncovered pixels per label
-    with np.errstate(divide="ignore", invalid="ignore"):
-        proportion = free / sizes
-    keep = (free > 0) & (free >= min_pixels) & (proportion >= min_proportion)
+    pixels = np.flatnonzero(uncovered)  # (P,)
+    under = flat[pixels]  # (P,) their labels
+    free = np.bincount(under)  # (L,) uncovered pixels per label
+    keep = (free > 0) & (free >= min_pixels)
+    if min_proportion > 0:  # every proportion is >= 0: skip a pass over the label map
+        sizes = np.bincount(flat, minlength=len(free))[:len(free)]  # (L,) pixels per label
+        with np.errstate(divide="ignore", invalid="ignore"):
+            keep &= free / sizes >= min_proportion
     kept = np.flatnonzero(keep)  # (K,) ascending label order
 
     # Scatter: uncovered pixel p of a kept label goes to row slot[label(p)] of the fill masks.
-    slot = np.full(len(sizes), -1, dtype=np.int64)
+    slot = np.full(len(free), -1, dtype=np.int64)
     slot[kept] = np.arange(len(kept))
-    pixels = np.flatnonzero(uncovered)
-    rows = slot[flat[pixels]]
+    rows = slot[under]
     inside = rows >= 0
     out = np.zeros((len(sam) + len(kept), height * width), dtype=bool)  # (R+K, HW)
     out[: len(sam)] = sam.reshape(len(sam), height * width)
-    out[len(sam) + rows[inside], pixels[inside]] = True
+    out.reshape(-1)[(len(sam) + rows[inside]) * (height * width) + pixels[inside]] = True  # 1-D: faster
     return out.reshape(len(out), height, width)
 
 

@@ -10,7 +10,8 @@ The CLI reads the first ``num_images`` samples of each selected cell's shard set
 ``<extract.shard_dir>/<split>``, loads the original images from the dataset and writes
 ``<out>/<row>/<col>/regions/<id>.png`` (``out`` defaults to ``<results_root>/<experiment>``, so
 the pictures land in the cell's run directory): image | regions | ground truth, plus the model's
-prediction when ``eval.py save_predictions=true`` saved one. ``split``, ``num_images`` and
+prediction when ``eval.py save_predictions=true`` saved one. ``eval.py pictures=N`` draws the
+same pictures with fresh predictions for the first N val images of every cell it scores. ``split``, ``num_images`` and
 ``out`` are options of this tool only; every other ``key=value`` is a config override.
 """
 from __future__ import annotations
@@ -192,16 +193,20 @@ def read_samples(split_dir: Path, count: int) -> list[dict]:
     return [shards.decode_sample(s) for s in itertools.islice(stream, count)]
 
 
-def render_cell(cfg: DictConfig, cell: str, split: str, num_images: int, out: Path) -> list[Path]:
-    """Write one picture per sample of the cell's shard set; returns the paths."""
+def render_cell(cfg: DictConfig, cell: str, split: str, num_images: int, out: Path,
+                predictions: dict[str, np.ndarray] | None = None) -> list[Path]:
+    """Write one picture per sample of the cell's shard set; returns the paths. The prediction
+    panel shows ``predictions[id]`` ((H, W) int, -1 undecided) when given, else the PNG that
+    ``eval.py save_predictions=true`` wrote, if any."""
     from bench.extract import decode_rles
     from bench.runs import run_dir
-    from datamodules.datasets import dataset_items
+    from datamodules.datasets import dataset_items, layout
     from datamodules.voc import load_image
 
     samples = read_samples(Path(cfg.extract.shard_dir) / split, num_images)  # first: says how to extract
     items = {item.id: item for item in dataset_items(cfg.dataset, split)}
-    predictions = run_dir(cfg) / "results/VOC2012/Segmentation/comp5_val_cls"
+    fmt = layout(cfg.dataset)
+    saved = run_dir(cfg) / fmt.prediction_subdir
     written = []
     for sample in samples:
         key = sample["key"]
@@ -221,15 +226,38 @@ def render_cell(cfg: DictConfig, cell: str, split: str, num_images: int, out: Pa
         coverage = 100 * masks.any(axis=0).mean() if len(masks) else 0.0
         panels = [image, render_regions(image, masks), render_labels(sample["label"])]
         titles = [key, f"{len(masks)} {what}, {coverage:.0f}% covered", "ground truth"]
-        prediction = predictions / f"{key}.png"
-        if prediction.is_file():
-            panels.append(render_labels(np.array(Image.open(prediction))))
+        if predictions is not None and key in predictions:
+            panels.append(render_labels(np.where(predictions[key] < 0, 255, predictions[key])))
+            titles.append("prediction")
+        elif predictions is None and (saved / f"{key}.png").is_file():
+            panels.append(render_labels(fmt.load_label(saved / f"{key}.png")))
             titles.append("prediction")
         path = out / cell / "regions" / f"{key}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(contact_sheet([panels], [titles])).save(path)
         written.append(path)
     return written
+
+
+def draw_predictions(cfg: DictConfig, model, num_images: int, out: Path) -> list[Path]:
+    """The paper's Figure 8 for one trained cell: image | regions | ground truth | prediction for
+    the first ``num_images`` val samples, predicted again here (in shard order, on this process)."""
+    import torch
+
+    from datamodules.region_shards import collate_regions
+
+    split = cfg.dataset.val_split
+    samples = read_samples(Path(cfg.extract.shard_dir) / split, num_images)
+    if not samples:
+        return []
+    batch = collate_regions(samples)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        preds = model.predict_pixels(batch)
+    model.train(was_training)
+    predictions = {key: pred.cpu().numpy() for key, pred in zip(batch["keys"], preds)}
+    return render_cell(cfg, cfg.cell or "default/default", split, num_images, out, predictions)
 
 
 def main(argv: list[str] | None = None) -> list[Path]:

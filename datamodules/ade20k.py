@@ -63,3 +63,16 @@ def class_names(root: str | Path | None = None) -> list[str]:
                 with open(path, newline="") as f:
                     return [row["Name"].split(";")[0] for row in csv.DictReader(f)]
     return [f"class_{i}" for i in range(1, NUM_CLASSES + 1)]
+
+
+def save_prediction(directory: str | Path, image_id: str, pred: np.ndarray) -> Path:
+    """A prediction (H, W) int (reduced class 0..149, -1 = no region covered the pixel) in the
+    SceneParsing submission format: <directory>/<id>.png, L-mode, shifted back to 1..150, with
+    undecided pixels written as 0 ("other")."""
+    pred = np.asarray(pred)
+    if pred.size and pred.max() >= NUM_CLASSES:
+        raise ValueError(f"prediction for {image_id} has class {pred.max()}; ADE20K has {NUM_CLASSES} (0..149)")
+    path = Path(directory) / f"{image_id}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.where(pred < 0, 0, pred + 1).astype(np.uint8), mode="L").save(path, format="PNG")
+    return path

@@ -8,7 +8,7 @@ from typing import Callable, Iterator
 import numpy as np
 from omegaconf import DictConfig
 
-from datamodules import ade20k, voc
+from datamodules import ade20k, coco, folder, voc
 
 
 @dataclass(frozen=True)
@@ -16,11 +16,38 @@ class Layout:
     iter_samples: Callable[[Path, str], Iterator[voc.VocSample]]
     load_label: Callable[[Path], np.ndarray]
     class_names: Callable[[Path], list[str]]
+    # (directory, image id, prediction (H, W) int, -1 = undecided) -> the PNG written
+    save_prediction: Callable[[Path, str, np.ndarray], Path] | None = None
+    prediction_subdir: str = "predictions"  # under the run directory
+    generate: Callable[..., Path] | None = None  # writes the built-in mini set: (root, **dataset.generate)
+
+
+def _generate_minivoc(root: Path, **params) -> Path:
+    from bench.minivoc import generate_minivoc
+
+    return generate_minivoc(root, **params)
+
+
+def _generate_miniade(root: Path, **params) -> Path:
+    from bench.miniade import generate_miniade
+
+    return generate_miniade(root, **params)
+
+
+def _generate_minicoco(root: Path, **params) -> Path:
+    from bench.minicoco import generate_minicoco
+
+    return generate_minicoco(root, **params)
 
 
 LAYOUTS = {
-    "voc": Layout(voc.iter_samples, voc.load_label, lambda root: list(voc.VOC_CLASSES)),
-    "ade20k": Layout(ade20k.iter_samples, ade20k.load_label, ade20k.class_names),
+    "voc": Layout(voc.iter_samples, voc.load_label, lambda root: list(voc.VOC_CLASSES), voc.save_prediction,
+                  "results/VOC2012/Segmentation/comp5_val_cls", _generate_minivoc),
+    "ade20k": Layout(ade20k.iter_samples, ade20k.load_label, ade20k.class_names, ade20k.save_prediction,
+                     "predictions", _generate_miniade),
+    # label_path is a coco.CocoLabel (annotation file, image id); labels: contiguous category indices
+    "coco": Layout(coco.iter_samples, coco.load_label, coco.class_names, generate=_generate_minicoco),
+    "folder": Layout(folder.iter_samples, folder.load_label, folder.class_names),  # own images, unlabelled
 }
 
 
@@ -33,9 +60,11 @@ def layout(dataset: DictConfig) -> Layout:
 def prepare_dataset(dataset: DictConfig) -> None:
     """Generate the built-in mini dataset if the config asks for it (idempotent)."""
     if dataset.generate is not None:
-        from bench.minivoc import generate_minivoc
-
-        generate_minivoc(Path(dataset.root), **dataset.generate)
+        generator = layout(dataset).generate
+        if generator is None:
+            raise ValueError(f"dataset.layout={dataset.layout} has no built-in generator: set dataset.generate=null "
+                             f"and dataset.root to the downloaded dataset")
+        generator(Path(dataset.root), **dataset.generate)
 
 
 def dataset_items(dataset: DictConfig, split: str) -> list[voc.VocSample]:

@@ -7,6 +7,9 @@ The same code reads the real dataset and RegionBench's mini set
         JPEGImages/<id>.jpg
         SegmentationClass/<id>.png          labels 0..20, 255 = void
         ImageSets/Segmentation/<split>.txt  one id per line (train, val, trainval)
+        SegmentationClassAug/<id>.png       optional: SBD "aug" labels (dataset.train_split=train_aug
+                                            with the list as ImageSets/Segmentation/train_aug.txt,
+                                            in either the id or the DeepLab pair format)
 
 Predictions for the official evaluation go to
 `results/VOC2012/Segmentation/comp5_val_cls/<id>.png` (see `save_label_png`).
@@ -32,6 +35,7 @@ _VALID_LABELS = np.array([*range(NUM_CLASSES), IGNORE_INDEX])
 
 IMAGE_DIR = "JPEGImages"
 LABEL_DIR = "SegmentationClass"
+AUG_LABEL_DIR = "SegmentationClassAug"  # SBD "aug" labels as PNGs (train_aug, 10,582 ids)
 SPLIT_DIR = "ImageSets/Segmentation"
 
 
@@ -89,39 +93,67 @@ def voc_paths(root: str | Path) -> Path:
         "or write the mini set there with: python -m bench.minivoc ROOT")
 
 
-def read_split(voc_dir: str | Path, split: str) -> list[str]:
-    """Ids listed in `ImageSets/Segmentation/<split>.txt`, in file order."""
-    path = voc_paths(voc_dir) / SPLIT_DIR / f"{split}.txt"
+def split_file(voc_dir: str | Path, split: str) -> Path:
+    """``ImageSets/Segmentation/<split>.txt``, or ``split`` itself when it is a path to a list file."""
+    if split.endswith(".txt") or "/" in split:
+        return Path(split)
+    return voc_paths(voc_dir) / SPLIT_DIR / f"{split}.txt"
+
+
+def _parse_line(path: Path, line_no: int, line: str) -> tuple[str, str, str]:
+    """One split line -> (id, image path, label path) relative to VOC2012/.
+
+    Two formats: a bare id (``2007_000032``: JPEGImages/, then SegmentationClass/ or, for SBD
+    "aug" ids, SegmentationClassAug/), or the DeepLab list format
+    ``/JPEGImages/<id>.jpg /SegmentationClassAug/<id>.png`` in which the SBD train_aug list ships.
+    """
+    fields = line.split()
+    if len(fields) == 2 and fields[0].endswith(".jpg") and fields[1].endswith(".png"):
+        image, label = (f.lstrip("/") for f in fields)
+        return Path(image).stem, image, label
+    if len(fields) == 1 and "." not in fields[0] and "/" not in fields[0]:
+        return fields[0], f"{IMAGE_DIR}/{fields[0]}.jpg", ""
+    raise ValueError(
+        f"{path}: entry {line_no} {line.strip()!r} is not a bare image id; VOC split files list ids "
+        "like 2007_000032, one per line, or image/label pairs like "
+        "'/JPEGImages/2007_000032.jpg /SegmentationClassAug/2007_000032.png' (the SBD aug list format)")
+
+
+def split_entries(voc_dir: str | Path, split: str) -> list[tuple[str, str, str]]:
+    """(id, image, label) per line of the split file, paths relative to VOC2012/ ('' = find the label)."""
+    path = split_file(voc_dir, split)
     if not path.is_file():
         raise FileNotFoundError(
             f"split file {path} not found; create it with one image id per line "
             f"(e.g. 2007_000032, the file names in {IMAGE_DIR} without .jpg)")
-    ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    for line_no, image_id in enumerate(ids, 1):
-        if "." in image_id or any(c.isspace() for c in image_id):
-            raise ValueError(
-                f"{path}: entry {line_no} {image_id!r} is not a bare image id; "
-                "VOC segmentation split files list ids like 2007_000032, one per line, "
-                "without directories, extensions or extra columns (lists in the "
-                "'/JPEGImages/x.jpg /SegmentationClassAug/x.png' format must be converted)")
-    if not ids:
+    entries = [_parse_line(path, n, line) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    if not entries:
         raise ValueError(f"split file {path} is empty; list one image id per line")
-    return ids
+    return entries
+
+
+def read_split(voc_dir: str | Path, split: str) -> list[str]:
+    """Ids listed in the split file, in file order."""
+    return [image_id for image_id, _, _ in split_entries(voc_dir, split)]
+
+
+def _label_path(voc_dir: Path, image_id: str) -> Path:
+    """SegmentationClass/<id>.png, else SegmentationClassAug/<id>.png (SBD-converted labels)."""
+    path = voc_dir / LABEL_DIR / f"{image_id}.png"
+    aug = voc_dir / AUG_LABEL_DIR / f"{image_id}.png"
+    return aug if not path.is_file() and aug.is_file() else path
 
 
 def iter_samples(voc_dir: str | Path, split: str) -> Iterator[VocSample]:
     """Yield the samples of a split, checking that each image and label exists."""
     voc_dir = voc_paths(voc_dir)
-    for image_id in read_split(voc_dir, split):
-        sample = VocSample(image_id,
-                           voc_dir / IMAGE_DIR / f"{image_id}.jpg",
-                           voc_dir / LABEL_DIR / f"{image_id}.png")
+    for image_id, image, label in split_entries(voc_dir, split):
+        sample = VocSample(image_id, voc_dir / image, voc_dir / label if label else _label_path(voc_dir, image_id))
         for path in (sample.image_path, sample.label_path):
             if not path.is_file():
                 raise FileNotFoundError(
                     f"{path} is missing but {image_id} is listed in split {split!r} "
-                    f"({voc_dir / SPLIT_DIR / (split + '.txt')}); restore the file or "
-                    "remove the id from the split")
+                    f"({split_file(voc_dir, split)}); restore the file or remove the id from the split")
         yield sample
 
 
@@ -230,3 +262,12 @@ def save_label_png(path: str | Path, label: np.ndarray) -> None:
     image.putpalette(VOC_PALETTE.tobytes())  # turns the 'L' image into 'P'
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     image.save(path, format="PNG")
+
+
+def save_prediction(directory: str | Path, image_id: str, pred: np.ndarray) -> Path:
+    """A prediction (H, W) int (class 0..20, -1 = no region covered the pixel) as the VOC test
+    server wants it: <directory>/<id>.png in VOC colours. The server takes 0..20 only, so
+    undecided pixels are written as background."""
+    path = Path(directory) / f"{image_id}.png"
+    save_label_png(path, np.where(pred < 0, 0, pred))
+    return path

@@ -7,7 +7,7 @@ per epoch.
 """
 from __future__ import annotations
 
-from pathlib import Path
+from typing import Sequence
 
 import pytorch_lightning as pl
 import torch
@@ -16,9 +16,9 @@ from torch import Tensor
 from torchmetrics.aggregation import SumMetric
 
 from bench.extract import decode_rles
-from bench.labels import region_labels
+from bench.labels import LABEL_DENOMINATORS, region_labels
 from bench.metrics import NO_PREDICTION, SegmentationMetric, paint_regions
-from models.decoders import build_decoder
+from models.decoders import build_decoder, decoder_class
 
 LOSS_WEIGHTINGS = ("area", "none", "l2")
 
@@ -50,23 +50,31 @@ class Segmenter(pl.LightningModule):
 
     trainable = True  # False: nothing to fit (train.py only scores it)
 
-    def __init__(self, in_dim: int, num_classes: int, decoder: str = "linear", label_threshold: float = 0.5,
-                 loss_weighting: str = "area", lr: float = 3e-3, weight_decay: float = 0.01,
-                 scheduler: str = "cosine", uncovered: str = "miss", report_oracle: bool = False,
-                 ignore_index: int = 255):
+    def __init__(self, in_dim: int, num_classes: int, decoder: str = "linear", decoder_params: dict | None = None,
+                 label_threshold: float = 0.5, label_denominator: str = "labelled", loss_weighting: str = "area",
+                 lr: float = 3e-3, weight_decay: float = 0.01, scheduler: str = "cosine",
+                 cosine_t_max: int | None = None, uncovered: str = "miss", unscored_classes: Sequence[int] = (),
+                 report_oracle: bool = False, ignore_index: int = 255, preset: str | None = None,
+                 compat: str | None = None):
+        """Arguments are the ``model:`` config keys (bench/defaults.yaml documents each) plus the
+        dataset's ``num_classes`` and ``ignore_index``. ``decoder_params`` maps a decoder name to its
+        constructor arguments; only ``decoder_params[decoder]`` is used. ``preset`` and ``compat`` are
+        recorded only: bench/presets.py already expanded them into the other values."""
         if loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"model.loss_weighting={loss_weighting!r}; valid: {', '.join(LOSS_WEIGHTINGS)}")
+        if label_denominator not in LABEL_DENOMINATORS:
+            raise ValueError(f"model.label_denominator={label_denominator!r}; valid: {', '.join(LABEL_DENOMINATORS)}")
         if report_oracle and not hasattr(self, "oracle_pixels"):
             raise ValueError(f"{type(self).__name__} has no regions to score an oracle with: "
                              "set model.report_oracle=false")
         super().__init__()
         self.save_hyperparameters()  # plain values only: load_from_checkpoint rebuilds the module
-        self.decoder = build_decoder(decoder, in_dim, num_classes)
-        self.val_metric = SegmentationMetric(num_classes, ignore_index)
-        self.test_metric = SegmentationMetric(num_classes, ignore_index)
+        self.decoder = build_decoder(decoder, in_dim, num_classes, **(decoder_params or {}).get(decoder, {}))
+        self.val_metric = SegmentationMetric(num_classes, ignore_index, unscored_classes)
+        self.test_metric = SegmentationMetric(num_classes, ignore_index, unscored_classes)
         self.test_images = SumMetric()
-        self.oracle_metric = SegmentationMetric(num_classes, ignore_index) if report_oracle else None
-        self.prediction_dir: Path | None = None  # set by eval to write VOC-layout PNGs
+        self.oracle_metric = SegmentationMetric(num_classes, ignore_index, unscored_classes) if report_oracle else None
+        self.prediction_writer = None  # set by eval: (image id, (H, W) int64 numpy, -1 = undecided) -> PNG
         self.expected_test_images: int | None = None  # set by eval from the shard manifest
         self.test_results: dict | None = None
 
@@ -74,8 +82,9 @@ class Segmenter(pl.LightningModule):
         opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         if self.hparams.scheduler == "none":
             return opt
-        epochs = max(int(self.trainer.max_epochs or 1), 1)
-        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)}
+        # Stepped once per epoch; cosine_t_max > max_epochs stops before the minimum (the released recipe).
+        t_max = self.hparams.cosine_t_max or max(int(self.trainer.max_epochs or 1), 1)
+        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t_max)}
 
     def _score(self, batch: dict, metric: SegmentationMetric) -> list[Tensor]:
         preds = self.predict_pixels(batch)
@@ -97,14 +106,9 @@ class Segmenter(pl.LightningModule):
             for pred, label in zip(self.oracle_pixels(batch), batch["labels"]):
                 self.oracle_metric.update(pred, label.to(pred.device))
         self.test_images.update(torch.tensor(float(len(preds))))
-        if self.prediction_dir is not None:
-            from datamodules.voc import save_label_png
-
-            self.prediction_dir.mkdir(parents=True, exist_ok=True)
+        if self.prediction_writer is not None:
             for key, pred in zip(batch["keys"], preds):
-                # The VOC server takes 0..20 only: undecided pixels are written as background.
-                png = torch.where(pred == NO_PREDICTION, 0, pred).to(torch.uint8).cpu().numpy()
-                save_label_png(self.prediction_dir / f"{key}.png", png)
+                self.prediction_writer(key, pred.cpu().numpy())
 
     def on_test_epoch_end(self) -> None:
         results = self.test_metric.compute()
@@ -126,15 +130,17 @@ class RegionSegmenter(Segmenter):
     """Classifies each region's pooled feature; pixels take the mean of covering regions' probabilities."""
 
     def training_step(self, batch: dict, batch_idx: int) -> Tensor:
-        labels = region_labels(batch["hist"], self.hparams.label_threshold)
-        loss = weighted_cross_entropy(self.decoder(batch["feats"]), labels, batch["areas"],
-                                      self.hparams.loss_weighting)
+        """A batch of shuffled regions (``collate_region_rows``: no image_index, per-region decoders) or
+        of whole images (``collate_regions``: image_index groups the regions, for the transformer)."""
+        labels = region_labels(batch["hist"], self.hparams.label_threshold, self.hparams.label_denominator)
+        logits = self.decoder(batch["feats"], batch.get("image_index"))
+        loss = weighted_cross_entropy(logits, labels, batch["areas"], self.hparams.loss_weighting)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(labels))
         self.log("train/labelled_regions", (labels >= 0).float().mean(), batch_size=len(labels))
         return loss
 
     def predict_pixels(self, batch: dict) -> list[Tensor]:
-        return self.paint(self.decoder(batch["feats"]).softmax(dim=1), batch)
+        return self.paint(self.decoder(batch["feats"], batch["image_index"]).softmax(dim=1), batch)
 
     def oracle_pixels(self, batch: dict) -> list[Tensor]:
         counts = batch["hist"][:, :-1].to(torch.float32)
@@ -202,3 +208,9 @@ class OracleSegmenter(RegionSegmenter):
 
 
 MODELS = {"region": RegionSegmenter, "patch": PatchSegmenter, "oracle": OracleSegmenter}
+
+
+def training_unit(kind: str, decoder: str) -> str:
+    """What a training batch holds: ``"region"`` (shuffled regions of many images) or ``"image"``
+    (whole images: patch models, and the transformer, whose regions attend to their image's)."""
+    return decoder_class(decoder).train_unit if kind == "region" else "image"

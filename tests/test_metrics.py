@@ -68,6 +68,7 @@ def pixel_reference(data) -> dict:
         "miou": np.nanmean(iou),
         "iou_per_class": iou,
         "absent_classes": [c for c in range(C) if math.isnan(iou[c])],
+        "unscored_classes": [],
         "pixel_acc": np.mean(pred == target),
         "mean_class_acc": np.nanmean(acc),
         "acc_per_class": acc,

@@ -114,3 +114,56 @@ def test_corrupt_jpeg_is_counted_and_named_without_losing_other_images(tmp_path)
     table = write_tables(tiny_config(tmp_path), run_dir, tmp_path / "table")
     assert "Unreadable images skipped in extraction (1): mini_000013" in table
     assert "python train.py experiment=quickstart cell=patch_linear/minivoc" in table  # the missing cell
+
+
+def test_finished_cell_is_not_recomputed_and_a_changed_config_starts_afresh_keeping_the_old_run(tiny_root, tmp_path, caplog):
+    from train import train
+
+    caplog.set_level("INFO", logger="regionbench.train")
+    own = (f"paths.results_root={tmp_path}", "cell=region_linear/minivoc", "trainer.max_epochs=1")
+    cfg = tiny_config(tiny_root, *own)
+    first = train(cfg)["region_linear/minivoc"]
+    directory = run_dir(cell_config(cfg, "region_linear/minivoc"))
+    ckpt = directory / "checkpoints" / "last.ckpt"
+    before = ckpt.stat().st_mtime_ns
+    again = train(cfg)["region_linear/minivoc"]
+    assert again["confusion"] == first["confusion"]
+    assert ckpt.stat().st_mtime_ns == before  # nothing was trained
+    assert again["config_hash"] == json.loads((directory / "metrics.json").read_text())["config_hash"]
+    assert "not recomputed" in caplog.text
+    changed = train(tiny_config(tiny_root, *own, "model.lr=0.5"))["region_linear/minivoc"]
+    assert changed["config_hash"] != first["config_hash"] and changed["epochs"] == 1  # trained afresh
+    kept = directory.with_name(f"{directory.name}@{json.loads((directory / 'run.json').read_text())['resume_hash']}")
+    aside = [p for p in directory.parent.iterdir() if p.name.startswith("minivoc@")]
+    assert len(aside) == 1 and (aside[0] / "checkpoints" / "last.ckpt").is_file()  # the old run is kept
+    assert json.loads((aside[0] / "metrics.json").read_text())["config_hash"] == first["config_hash"]
+    assert kept != aside[0]
+
+
+def test_eval_draws_pictures_with_predictions(tiny_root, trained):
+    from eval import evaluate
+
+    evaluate(tiny_config(tiny_root, "cell=region_linear/minivoc", "pictures=2"))
+    pictures = sorted((tiny_root / "results/quickstart/region_linear/minivoc/regions").glob("*.png"))
+    assert [p.stem for p in pictures] == ["mini_000012", "mini_000013"]  # the first two val images
+    width, height = Image.open(pictures[0]).size
+    assert width >= 4 * 160  # image | regions | ground truth | prediction
+
+
+def test_miniade_runs_end_to_end_and_writes_sceneparsing_predictions(tmp_path):
+    from eval import evaluate
+    from train import train
+
+    ade = ["dataset.name=miniade", "dataset.layout=ade20k", f"dataset.root={tmp_path / 'data/miniade'}",
+           "dataset.train_split=training", "dataset.val_split=validation", "dataset.num_classes=150"]
+    cfg = tiny_config(tmp_path, *ade, "cell=region_linear/minivoc", "trainer.max_epochs=1")
+    extract(cfg)
+    metrics = train(cfg)["region_linear/minivoc"]
+    assert metrics["dataset"] == "miniade" and metrics["num_images"] == 6
+    assert len(metrics["iou_per_class"]) == 150 and metrics["class_names"][90] == "airplane"
+    evaluate(tiny_config(tmp_path, *ade, "cell=region_linear/minivoc", "trainer.max_epochs=1",
+                         "save_predictions=true"))
+    pngs = sorted((tmp_path / "results/quickstart/region_linear/minivoc/predictions").glob("*.png"))
+    assert [p.stem for p in pngs][:2] == ["ADE_val_00000001", "ADE_val_00000002"] and len(pngs) == 6
+    values = set(np.unique(np.array(Image.open(pngs[0]))).tolist())
+    assert Image.open(pngs[0]).mode == "L" and values <= set(range(151)) and values - {0}

@@ -1,6 +1,8 @@
 """Losses and the patch baseline's pixel alignment."""
 from __future__ import annotations
 
+import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -60,3 +62,79 @@ def test_an_oracle_needs_regions():
 
     with pytest.raises(ValueError, match="report_oracle=false"):
         PatchSegmenter(in_dim=2, num_classes=2, report_oracle=True)
+
+
+def region_samples(dim: int = 4, num_classes: int = 3) -> list[dict]:
+    """Two decoded shard samples (see bench.shards): 3 and 2 regions, histograms with ignore pixels."""
+    rng = np.random.default_rng(0)
+    out = []
+    for key, hists in (("a", [[9, 0, 0, 1], [0, 5, 0, 5], [0, 0, 0, 8]]), ("b", [[1, 1, 6, 0], [2, 2, 2, 0]])):
+        hist = np.array(hists, np.int32)
+        out.append({"key": key, "feats": rng.normal(size=(len(hist), dim)).astype(np.float16), "hist": hist,
+                    "areas": hist.sum(1), "label": np.zeros((2, 2), np.uint8), "rle": [], "meta": {}})
+    return out
+
+
+NO_TRAINER = pytest.mark.filterwarnings("ignore:You are trying to `self.log\\(\\)`")
+
+
+@NO_TRAINER
+@pytest.mark.parametrize("decoder", ["linear", "mlp", "transformer"])
+def test_training_step_takes_region_rows_and_whole_images(decoder):
+    from datamodules.region_shards import collate_region_rows, collate_regions, explode_regions
+
+    params = {"mlp": {"hidden": 8}, "transformer": {"width": 4, "heads": 2, "dim_feedforward": 8}}
+    model = RegionSegmenter(in_dim=4, num_classes=3, decoder=decoder, decoder_params=params)
+    images = collate_regions(region_samples())
+    rows = collate_region_rows(list(explode_regions(iter(region_samples()))))
+    assert "image_index" in images and "image_index" not in rows
+    batches = [images] if decoder == "transformer" else [images, rows]
+    for batch in batches:
+        loss = model.training_step(batch, 0)
+        loss.backward()
+        assert torch.isfinite(loss) and all(torch.isfinite(p.grad).all() for p in model.parameters())
+        model.zero_grad()
+    if decoder == "transformer":
+        with pytest.raises(ValueError, match="train_unit='image'"):
+            model.training_step(rows, 0)
+
+
+@NO_TRAINER
+def test_label_denominator_decides_which_regions_train():
+    """Region a/1 is half void, half class 1: labelled by default, left out of the loss in compat."""
+    from datamodules.region_shards import collate_regions
+
+    batch = collate_regions(region_samples())
+    seen = {}
+    for denominator in ("labelled", "all"):
+        model = RegionSegmenter(in_dim=4, num_classes=3, label_denominator=denominator, loss_weighting="none")
+        logits = model.decoder(batch["feats"])
+        labels = torch.tensor([0, 1, -1, 2, -1]) if denominator == "labelled" else torch.tensor([0, -1, -1, 2, -1])
+        keep = labels >= 0
+        want = F.cross_entropy(logits[keep], labels[keep])
+        seen[denominator] = model.training_step(batch, 0)
+        assert torch.allclose(seen[denominator], want)
+    with pytest.raises(ValueError, match="model.label_denominator"):
+        RegionSegmenter(in_dim=4, num_classes=3, label_denominator="some")
+
+
+def test_cosine_period_defaults_to_max_epochs_and_follows_cosine_t_max():
+    import pytorch_lightning as pl
+
+    for t_max, want in ((None, 16), (30, 30)):
+        model = RegionSegmenter(in_dim=4, num_classes=3, lr=5e-4, cosine_t_max=t_max)
+        model.trainer = pl.Trainer(max_epochs=16, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+        scheduler = model.configure_optimizers()["lr_scheduler"]
+        assert scheduler.T_max == want
+    for _ in range(15):
+        scheduler.optimizer.step()  # no gradients: only keeps the optimizer-before-scheduler order
+        scheduler.step()
+    assert scheduler.get_last_lr()[0] == pytest.approx(5e-4 * (1 + np.cos(np.pi * 15 / 30)) / 2)
+
+
+def test_unscored_classes_reach_every_metric():
+    model = RegionSegmenter(in_dim=4, num_classes=3, unscored_classes=[2], report_oracle=True)
+    assert model.val_metric.unscored_classes == model.test_metric.unscored_classes == [2]
+    assert model.oracle_metric.unscored_classes == [2]
+    with pytest.raises(ValueError, match="model.unscored_classes"):
+        RegionSegmenter(in_dim=4, num_classes=3, unscored_classes=[3])

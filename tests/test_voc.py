@@ -54,7 +54,7 @@ def test_read_split_strips_whitespace_and_rejects_file_names(tmp_path):
     split_file = voc_dir / "ImageSets" / "Segmentation" / "val.txt"
     split_file.write_text("  2007_000032 \n\n2007_000039\r\n\n")
     assert read_split(tmp_path, "val") == ["2007_000032", "2007_000039"]
-    split_file.write_text("2007_000032\n/JPEGImages/2007_000039.jpg /SegmentationClassAug/2007_000039.png\n")
+    split_file.write_text("2007_000032\n2007_000039.jpg\n")
     with pytest.raises(ValueError, match="entry 2 .* not a bare image id"):
         read_split(voc_dir, "val")
     split_file.write_text("\n \n")
@@ -165,3 +165,39 @@ def test_real_layout_with_our_own_split_file(tmp_path):
     image, label = load_image(sample.image_path), load_label(sample.label_path)
     assert image.shape == (375, 500, 3) and image.dtype == np.uint8
     assert label.shape == image.shape[:2]
+
+
+def test_sbd_aug_ids_take_labels_from_segmentation_class_aug(tmp_path):
+    voc_dir = make_voc(tmp_path, ["a", "b"])
+    aug = voc_dir / "SegmentationClassAug"
+    aug.mkdir()
+    (voc_dir / "SegmentationClass" / "b.png").rename(aug / "b.png")  # an SBD-only id
+    (voc_dir / "ImageSets" / "Segmentation" / "train_aug.txt").write_text("a\nb\n")
+    samples = list(iter_samples(tmp_path, "train_aug"))
+    assert [s.label_path.parent.name for s in samples] == ["SegmentationClass", "SegmentationClassAug"]
+
+
+def test_deeplab_pair_list_format_and_list_given_as_a_path(tmp_path):
+    voc_dir = make_voc(tmp_path, ["a", "b"])
+    aug = voc_dir / "SegmentationClassAug"
+    aug.mkdir()
+    for i in "ab":
+        (voc_dir / "SegmentationClass" / f"{i}.png").rename(aug / f"{i}.png")
+    listing = tmp_path / "train_aug.txt"
+    listing.write_text("/JPEGImages/a.jpg /SegmentationClassAug/a.png\n/JPEGImages/b.jpg /SegmentationClassAug/b.png\n")
+    samples = list(iter_samples(tmp_path, str(listing)))
+    assert [s.id for s in samples] == ["a", "b"]
+    assert samples[1].image_path == voc_dir / "JPEGImages" / "b.jpg"
+    assert samples[1].label_path == aug / "b.png"
+    (aug / "b.png").unlink()
+    with pytest.raises(FileNotFoundError, match=r"SegmentationClassAug/b\.png is missing"):
+        list(iter_samples(tmp_path, str(listing)))
+
+
+@needs_shared
+def test_real_deeplab_val_list_parses():
+    from datamodules.voc import split_entries
+
+    entries = split_entries(FIXTURES / "VOCdevkit", str(FIXTURES / "lists" / "deeplab_resnet_val.txt"))
+    assert len(entries) == 1449 and len({e[0] for e in entries}) == 1449
+    assert entries[0] == ("2007_000033", "JPEGImages/2007_000033.jpg", "SegmentationClassAug/2007_000033.png")

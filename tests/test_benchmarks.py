@@ -1,0 +1,92 @@
+"""The benchmarks' equality checks at a tiny size: every reference still agrees with ours, and
+the harness (memory reading, shard streaming, decoder steps, extraction stages) still runs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bench.sam_slic import merge_sam_slic
+from benchmarks import painting, pooling, sam_slic, shards, slic, throughput
+from benchmarks.inputs import tiny_case
+from benchmarks.measure import median_seconds, peak_extra_memory
+
+
+@pytest.fixture(scope="module")
+def case():
+    return tiny_case()
+
+
+@pytest.mark.parametrize("mode", ["mean", "max"])
+def test_pooling_matches_its_literal_reference(case, mode):
+    jobs = pooling.workloads(case, mode)
+    check = pooling.compare(jobs["ours"](), jobs["reference"]())
+    assert check["ok"], check
+
+
+@pytest.mark.parametrize("min_pixels", [1, 10, 300])
+def test_sam_slic_merge_matches_the_released_loop(case, min_pixels):
+    ours = merge_sam_slic(case.sam, case.slic, min_pixels=min_pixels)
+    check = sam_slic.compare(ours, sam_slic.reference_merge(case.sam, case.slic, min_pixels=min_pixels))
+    assert check["ok"], check
+    if min_pixels == 1:
+        assert len(ours) > len(case.sam)  # the fill is exercised, not only the copy
+
+
+def test_painting_and_miou_update_match_the_released_evaluation(case):
+    jobs = painting.workloads(case)
+    check = painting.compare(jobs["ours"](), jobs["reference"]())
+    assert check["ok"], check
+
+
+def test_slic_benchmark_runs_both_implementations(case):
+    jobs = slic.workloads(case)
+    ours, reference = jobs["ours"](), jobs["reference"]()
+    assert ours.shape == reference.shape == case.image.shape[:2]
+    assert slic.compare(ours, reference)["segments"][0] > 1
+
+
+def test_shard_streaming_decodes_what_webdataset_reads(case, tmp_path):
+    manifest = shards.write_shard_set(case, tmp_path, samples=64)
+    paths = shards.urls(tmp_path, manifest)
+    size = sum(s["bytes"] for s in manifest["shards"])
+    assert shards.raw_read(paths) == size
+    assert shards.direct_read(paths) in (size, None)  # None where O_DIRECT is refused
+    check = shards.check(tmp_path, manifest, shards.datamodule(tmp_path))
+    assert check["ok"], check
+    assert shards.naive_epoch(paths, steps=2) == 2 * shards.BATCH
+
+
+def test_memory_reading_sees_torch_allocations():
+    extra, method = peak_extra_memory(lambda: torch.ones(50_000_000).sum())  # 200 MB, freed at once
+    assert extra > 150e6, (extra, method)
+
+
+def test_median_seconds_returns_every_run_and_the_result():
+    median, runs, result = median_seconds(lambda: 7, runs=5, warmup=0)
+    assert len(runs) == 5 and median in runs and result == 7
+
+
+def test_every_decoder_trains_a_step():
+    rows = throughput.decoder_rows(runs=1, warmup=0)
+    from models.decoders import DECODERS
+
+    assert [r["decoder"] for r in rows] == list(DECODERS)
+    assert all("error" not in r and r["regions_per_s"] > 0 for r in rows), rows
+
+
+def test_extraction_reports_every_stage():
+    result = throughput.extraction(num_train=4, num_val=2)
+    assert result["images"] == 6 and result["images_per_s"] > 0
+    assert set(result["ms_per_image"]) == {*throughput.STAGES, "other"}
+    assert all(v >= 0 for k, v in result["ms_per_image"].items() if k != "other")
+
+
+def test_tiny_case_is_deterministic():
+    a, b = tiny_case(seed=3), tiny_case(seed=3)
+    assert np.array_equal(a.masks, b.masks) and torch.equal(a.grid, b.grid)
+
+
+def test_matmul_precision_rows_cover_three_dtypes():
+    rows = throughput.matmul_rows(runs=1)
+    assert [r["dtype"] for r in rows] == ["float32", "bfloat16", "float16"] and rows[0]["vs_float32"] == 1
