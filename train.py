@@ -5,19 +5,22 @@
 Each cell's run directory, results/<experiment>/<row>/<column>/, receives config.yaml,
 checkpoints/last.ckpt (one per epoch: a killed run resumes there), logs/ and metrics.json.
 A cell whose metrics.json records the same config hash is finished and is skipped (rerun=true).
+At the end the experiment table (results/<experiment>/table.{md,csv,tex}) is rendered as it stands.
 """
 from __future__ import annotations
 
 import logging
 import sys
 import time
+from pathlib import Path
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from bench.config import cell_configs, load_config, save_config
+from bench.config import cell_configs, load_config, save_config, table_rows
 from bench.runs import (build_datamodule, build_model, build_trainer, check_resumable, check_shards, data_report,
                         finished_metrics, run_dir, run_record, summarize, write_json, write_run_file)
+from bench.tables import write_tables
 from datamodules.datasets import class_names
 
 log = logging.getLogger("regionbench.train")
@@ -63,6 +66,8 @@ def train(cfg: DictConfig) -> dict[str, dict]:
         raise ValueError(f"experiment {cfg.experiment} is a {cfg.task} task: nothing to train; "
                          f"run python eval.py experiment={cfg.experiment}")
     results = {cell: train_cell(ccfg) for cell, ccfg in cell_configs(cfg).items()}
+    if table_rows(cfg) and pl.utilities.rank_zero.rank_zero_only.rank == 0:  # the table as it stands now
+        write_tables(cfg, run_dir, Path(cfg.paths.results_root) / str(cfg.experiment))
     return results
 
 
