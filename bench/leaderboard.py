@@ -13,9 +13,10 @@ import csv
 import io
 import json
 import math
+import time
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from bench.tables import fmt
 
@@ -34,6 +35,10 @@ def collect_results(results_root: Path) -> list[dict]:
         entry = {"experiment": experiment, "cell": f"{row}/{col}", "path": str(path)}
         entry.update({m: metrics[m] for m in METRICS if isinstance(metrics.get(m), (int, float))})
         entry.update({f: metrics.get(f) for f in RUN_FIELDS[:-1]})
+        if entry["dataset"] is None and (path.parent / "config.yaml").is_file():  # results older than run records
+            entry["dataset"] = OmegaConf.load(path.parent / "config.yaml").dataset.name
+        if entry["finished_at"] is None:
+            entry["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(path.stat().st_mtime))
         wall = [metrics[k] for k in ("train_seconds", "eval_seconds") if isinstance(metrics.get(k), (int, float))]
         entry["wall_seconds"] = sum(wall) if wall else None
         entries.append(entry)
