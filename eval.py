@@ -20,7 +20,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from bench.config import cell_configs, config_hash, load_config, save_config
+from bench.config import cell_configs, config_hash, load_config, save_config, table_rows
 from bench.leaderboard import write_leaderboard
 from bench.runs import (build_datamodule, build_model, build_trainer, check_shards, data_report, run_dir, run_record,
                         summarize, write_json)
@@ -81,11 +81,19 @@ def evaluate(cfg: DictConfig) -> dict[str, dict]:
     if cfg.task == "retrieval":  # one-shot object retrieval: index + search + mAP, no checkpoints
         from bench.retrieval import evaluate_retrieval
         return evaluate_retrieval(cfg)
-    results = {cell: eval_cell(ccfg) for cell, ccfg in cell_configs(cfg).items()}
+    cells = cell_configs(cfg)
+    explicit = cfg.cell and not any(c in str(cfg.cell) for c in "*?[")  # one named cell: missing is an error
+    results = {}
+    for cell, ccfg in cells.items():
+        untrained = MODELS[ccfg.model.kind].trainable and not (run_dir(ccfg) / "checkpoints/last.ckpt").is_file()
+        if untrained and not explicit:
+            log.warning("%s: not trained yet, left out (listed under the table as missing)", cell)
+            continue
+        results[cell] = eval_cell(ccfg)
     if pl.utilities.rank_zero.rank_zero_only.rank == 0:
         for cell, metrics in results.items():
             print(f"{cell}: {summarize(metrics, metrics['class_names'])}")
-        if cfg.table.rows:
+        if table_rows(cfg):
             out = Path(cfg.paths.results_root) / str(cfg.experiment)
             print(write_tables(cfg, run_dir, out))
     return results

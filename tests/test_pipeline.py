@@ -167,3 +167,13 @@ def test_miniade_runs_end_to_end_and_writes_sceneparsing_predictions(tmp_path):
     assert [p.stem for p in pngs][:2] == ["ADE_val_00000001", "ADE_val_00000002"] and len(pngs) == 6
     values = set(np.unique(np.array(Image.open(pngs[0]))).tolist())
     assert Image.open(pngs[0]).mode == "L" and values <= set(range(151)) and values - {0}
+
+
+def test_eval_of_a_whole_table_leaves_out_untrained_cells_and_names_them(tmp_path, tiny_root, trained):
+    from eval import evaluate
+
+    results = evaluate(tiny_config(tiny_root, f"paths.results_root={tmp_path}"))  # nothing trained there
+    assert results == {}
+    assert "python train.py experiment=quickstart cell=region_linear/minivoc" in (tmp_path / "quickstart/table.md").read_text()
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        evaluate(tiny_config(tiny_root, f"paths.results_root={tmp_path}", "cell=region_linear/minivoc"))
