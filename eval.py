@@ -32,10 +32,15 @@ from models.segmenter import MODELS
 log = logging.getLogger("regionbench.eval")
 
 
+def untrained(cfg: DictConfig) -> bool:
+    """A trainable cell without its checkpoint."""
+    return MODELS[cfg.model.kind].trainable and not (run_dir(cfg) / "checkpoints" / "last.ckpt").is_file()
+
+
 def eval_cell(cfg: DictConfig) -> dict:
     directory = run_dir(cfg)
     checkpoint = directory / "checkpoints" / "last.ckpt"
-    if MODELS[cfg.model.kind].trainable and not checkpoint.is_file():
+    if untrained(cfg):
         raise FileNotFoundError(f"cell {cfg.cell} has no checkpoint at {checkpoint}: "
                                 f"run python train.py experiment={cfg.experiment} cell={cfg.cell}")
     pl.seed_everything(cfg.seed, verbose=False)
@@ -85,8 +90,7 @@ def evaluate(cfg: DictConfig) -> dict[str, dict]:
     explicit = cfg.cell and not any(c in str(cfg.cell) for c in "*?[")  # one named cell: missing is an error
     results = {}
     for cell, ccfg in cells.items():
-        untrained = MODELS[ccfg.model.kind].trainable and not (run_dir(ccfg) / "checkpoints/last.ckpt").is_file()
-        if untrained and not explicit:
+        if untrained(ccfg) and not explicit:
             log.warning("%s: not trained yet, left out (listed under the table as missing)", cell)
             continue
         results[cell] = eval_cell(ccfg)

@@ -2,7 +2,7 @@
 
     python -m bench.minicoco ROOT [--num-train 300 --num-val 100 --width 320 --height 240 --seed 0]
 
-writes ROOT/{train,val}/mini_XXXXXX.jpg and ROOT/annotations/instances_{train,val}.json, read
+writes ROOT/{train,val}/mini_<6-digit index>.jpg and ROOT/annotations/instances_{train,val}.json, read
 by ``datamodules.coco`` exactly like COCO 2017. Scenes are MiniVOC's
 (``bench.minivoc.render_scene_instances``): one annotation per visible object, its category id
 the MiniVOC (= VOC) class index, so ids have gaps as COCO's do. Every encoding COCO uses occurs:
