@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from bench.exact_sums import weighted_sums
 from bench.padding import center_pad_amounts
 
 POOLING_MODES = ("mean", "max", "downsample")
@@ -38,23 +39,32 @@ EMPTY_POLICIES = ("zero", "error")
 def linear_interpolation_matrix(size: int, grid: int, patch_size: int, offset: int) -> torch.Tensor:
     """(size, grid) float32: row y holds the weights PyTorch's linear interpolation
     (align_corners=False) from ``grid`` to ``grid * patch_size`` samples gives the grid cells
-    at output position ``offset + y``.
+    at output position ``offset + y``; ``interpolation_numerators / (2 * patch_size)``."""
+    return (interpolation_numerators(size, grid, patch_size, offset) / (2 * patch_size)).float()
 
-    Source coordinate src = (dst + 0.5) / p - 0.5, clamped at 0; weights 1 - frac and frac go to
-    floor(src) and floor(src) + 1, and both to the last cell past the end, exactly as
-    ``upsample_linear1d``/``upsample_bilinear2d`` do.
+
+def interpolation_numerators(size: int, grid: int, patch_size: int, offset: int) -> torch.Tensor:
+    """(size, grid) float64 holding integers: ``linear_interpolation_matrix`` times 2p, exactly.
+
+    Source coordinate src = (dst + 0.5) / p - 0.5 = (2 dst + 1 - p) / 2p, clamped at 0; weights
+    1 - frac and frac go to floor(src) and floor(src) + 1, and both to the last cell past the
+    end, exactly as ``upsample_linear1d``/``upsample_bilinear2d`` do. Every weight is a multiple
+    of 1/2p, so the numerators are integers in [0, 2p] and each row sums to 2p.
     """
-    lower, upper, upper_weight = _neighbours(size, grid, patch_size, offset)
+    twice = (2 * (torch.arange(size) + offset) + 1 - patch_size).clamp(min=0)  # 2p * src
+    lower = (twice // (2 * patch_size)).clamp(max=grid - 1)
+    upper = (lower + 1).clamp(max=grid - 1)
+    upper_weight = twice - 2 * patch_size * lower
     matrix = torch.zeros(size, grid, dtype=torch.float64)
     rows = torch.arange(size)
-    matrix.index_put_((rows, lower), 1 - upper_weight, accumulate=True)
-    matrix.index_put_((rows, upper), upper_weight, accumulate=True)
-    return matrix.float()
+    matrix.index_put_((rows, lower), (2 * patch_size - upper_weight).double(), accumulate=True)
+    matrix.index_put_((rows, upper), upper_weight.double(), accumulate=True)
+    return matrix
 
 
 def box_matrix(size: int, grid: int, patch_size: int, offset: int) -> torch.Tensor:
-    """(size, grid) float32 one-hot: position y lies in patch (offset + y) // patch_size."""
-    return F.one_hot((torch.arange(size) + offset) // patch_size, grid).float()
+    """(size, grid) float64 one-hot: position y lies in patch (offset + y) // patch_size."""
+    return F.one_hot((torch.arange(size) + offset) // patch_size, grid).double()
 
 
 def _neighbours(size: int, grid: int, patch_size: int, offset: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -77,14 +87,20 @@ def pool_regions(features: torch.Tensor, masks: torch.Tensor | np.ndarray, patch
     """Pool features (d, h, w) over masks (R, H, W) bool -> (R, d) float32, on features' device.
 
     ``features`` is the grid of a backbone with patch size p that centre-padded the (H, W) image,
-    so (h, w) must be (ceil(H/p), ceil(W/p)). float16/bfloat16 features are accepted;
-    everything is accumulated in float32.
+    so (h, w) must be (ceil(H/p), ceil(W/p)). float16/bfloat16 features are accepted.
+
+    mean and downsample are bit-reproducible: the result does not depend on the BLAS, its code
+    path for the CPU, memory alignment, thread count or device. Every weight is an integer
+    (interpolation weights times 2p, or 0/1), so the weights are exact float64 sums, and the
+    weighted sums of features are order-independent (``bench.exact_sums``); one division by the
+    integer normaliser and the cast to float32 follow. max is elementwise (no sums to order).
 
     mean: equal to ``pool_regions_reference`` (upsample, crop, masked mean) but computed without
         the (d, H, W) map. Bilinear upsampling is separable and linear: with Ay (H, h) and
         Ax (W, w) the interpolation matrices of the cropped window, the mean over mask M is
-        features . (Ay^T M Ax) / |M|. The (R, h, w) weights come from batched matmuls over
-        chunks of masks, then one (R, h*w) @ (h*w, d) matmul.
+        features . (Ay^T M Ax) / |M|. The (R, h, w) weights come from matmuls of each mask's
+        bounding box (CPU) or batched matmuls over chunks of masks, then one (R, h*w) @ (h*w, d)
+        weighted sum.
     max: the exact channel-wise max of the upsampled features over the mask's pixels, each
         pixel's value computed from its 4 bilinear neighbours, in chunks of pixels, and only at
         the few mask pixels that can hold a maximum (see ``_max_pool``).
@@ -116,24 +132,24 @@ def pool_regions(features: torch.Tensor, masks: torch.Tensor | np.ndarray, patch
         is_empty = empty_masks(masks).to(device)
         _raise_if_empty(is_empty, empty)
         return _max_pool(flat, masks, patch_size, (h, w), (top, left), chunk_elements)
-    if mode == "mean":
-        along_y = linear_interpolation_matrix(height, h, patch_size, top)
-        along_x = linear_interpolation_matrix(width, w, patch_size, left)
+    if mode == "mean":  # integer weights: (2p)^2 times the bilinear ones
+        along_y = interpolation_numerators(height, h, patch_size, top)
+        along_x = interpolation_numerators(width, w, patch_size, left)
     else:
         along_y = box_matrix(height, h, patch_size, top)
         along_x = box_matrix(width, w, patch_size, left)
     weights, areas = _mask_moments(masks, along_y.to(device), along_x.to(device), chunk_elements)
-    weights = weights.flatten(1)  # (R, h*w)
+    weights = weights.flatten(1)  # (R, h*w) exact integers
     is_empty = areas == 0
     _raise_if_empty(is_empty, empty)
     if mode == "mean":
-        weights = weights / areas.clamp(min=1)[:, None]
-    else:  # weights are per-patch pixel counts, exact integers in float32
+        divisor = areas * (2 * patch_size) ** 2
+    else:  # weights are per-patch pixel counts
         selected = 2 * weights >= patch_size * patch_size
         fallback = ~selected.any(dim=1) & ~is_empty
         selected[fallback] = F.one_hot(weights[fallback].argmax(dim=1), h * w).bool()
-        weights = selected.float() / selected.sum(dim=1, keepdim=True).clamp(min=1)
-    return weights @ flat
+        weights, divisor = selected.double(), selected.sum(dim=1).double()
+    return (weighted_sums(weights, flat) / divisor.clamp(min=1)[:, None]).float()
 
 
 @contextmanager
@@ -161,12 +177,12 @@ def _raise_if_empty(is_empty: torch.Tensor, empty: str) -> None:
 
 def _mask_moments(masks: torch.Tensor, along_y: torch.Tensor, along_x: torch.Tensor,
                   chunk_elements: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """masks (R, H, W), along_y (H, h), along_x (W, w) -> ((R, h, w) along_y^T M_r along_x, (R,) |M_r|).
+    """masks (R, H, W), along_y (H, h), along_x (W, w) -> ((R, h, w) along_y^T M_r along_x, (R,) |M_r|)
+    in the matrices' dtype; exact for integer-valued float64 matrices (integer sums below 2^53).
 
     CPU masks: computed on each mask's bounding box only (``_box_moments``). Masks on another
     device: dense batched matmuls over chunks of masks; the areas come out of the same matmuls:
-    a column of ones appended to both matrices makes entry (h, w) equal 1^T M 1, a sum of 0/1
-    products that float32 holds exactly below 2^24 pixels.
+    a column of ones appended to both matrices makes entry (h, w) equal 1^T M 1.
     """
     if masks.device.type == "cpu" and along_y.device.type == "cpu":
         with one_thread():
@@ -178,7 +194,7 @@ def _mask_moments(masks: torch.Tensor, along_y: torch.Tensor, along_x: torch.Ten
     chunk = max(1, chunk_elements // (height * width))
     out = []
     for start in range(0, len(masks), chunk):
-        block = masks[start:start + chunk].to(along_y.device, torch.float32)  # (c, H, W)
+        block = masks[start:start + chunk].to(along_y.device, along_y.dtype)  # (c, H, W)
         if h <= w:  # contract the image side with the smaller grid side first
             out.append((along_y.T @ block) @ along_x)
         else:
@@ -212,14 +228,14 @@ def _box_moments(masks: np.ndarray, along_y: torch.Tensor, along_x: torch.Tensor
     count, (h, w) = len(masks), (along_y.shape[1], along_x.shape[1])
     first_y, stop_y = _support(along_y.numpy())
     first_x, stop_x = _support(along_x.numpy())
-    weights = torch.zeros(count, h, w)
-    areas = np.zeros(count, dtype=np.float32)
+    weights = torch.zeros(count, h, w, dtype=along_y.dtype)
+    areas = np.zeros(count, dtype=np.float64)
     for r, (y0, y1, x0, x1) in enumerate(bounding_boxes(masks).tolist()):
         if y0 == y1:
             continue
         crop = masks[r, y0:y1, x0:x1]
         i0, i1, j0, j1 = first_y[y0], stop_y[y1 - 1], first_x[x0], stop_x[x1 - 1]
-        block, ay, ax = torch.from_numpy(crop.astype(np.float32)), along_y[y0:y1, i0:i1], along_x[x0:x1, j0:j1]
+        block, ay, ax = torch.from_numpy(crop).to(along_y.dtype), along_y[y0:y1, i0:i1], along_x[x0:x1, j0:j1]
         weights[r, i0:i1, j0:j1] = (ay.T @ block) @ ax if i1 - i0 <= j1 - j0 else ay.T @ (block @ ax)
         areas[r] = np.count_nonzero(crop)
     return weights, torch.from_numpy(areas)

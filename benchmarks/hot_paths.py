@@ -43,6 +43,9 @@ HOT_PATHS = {
     # (plus one in the memory child) keeps `make bench` under 10 minutes.
     "pooling_mean": HotPath("average pooling", partial(pooling.workloads, mode="mean"), pooling.compare,
                             min_speedup=100, max_memory_ratio=1 / 50, reference_runs={"1024": 1}),
+    # The price of bit-reproducible pooling (shard bytes the same on every CPU): ratio < 1 is its cost.
+    "pooling_exact": HotPath("average pooling: exact sums vs float32 BLAS", pooling.exact_workloads,
+                             pooling.compare_exact, threads=1),
     "pooling_max": HotPath("max pooling", partial(pooling.workloads, mode="max"), pooling.compare,
                            min_speedup=30, reference_runs={"1024": 1}),
     "sam_slic": HotPath("SAM+SLIC merge", sam_slic.workloads, sam_slic.compare, min_speedup=8),
