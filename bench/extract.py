@@ -7,6 +7,12 @@ once), for the train and val splits. Killed at any point, a re-run keeps verifie
 and redoes the rest. Under torchrun (RANK/WORLD_SIZE) or a SLURM array
 (SLURM_ARRAY_TASK_ID/COUNT) each process writes its own shards; the last to finish
 merges the manifest. ``extract.index``/``extract.count`` set the split explicitly.
+Two extractions started on the same directory share it: each shard is written under its lock
+by whichever process takes it first, the other waits for it and keeps it (``bench.shards``).
+
+Mask and feature caches are keyed by the image's content (``bench.mask_cache.content_key``:
+a sha256 of the decoded RGB pixels); a damaged cache entry is logged, recomputed and listed in
+the manifest's ``cache_damaged``. Features that are not finite are refused, naming the image.
 """
 from __future__ import annotations
 
@@ -24,15 +30,16 @@ from tqdm import tqdm
 from bench import shards
 from bench.backbones import build_backbone
 from bench.config import cell_configs, load_config
+from bench.config_checks import check_inputs
 from bench.images import to_rgb8
 from bench.feature_cache import FeatureCache
 from bench.labels import class_histogram
-from bench.mask_cache import MaskCache, mask_stats, run_source
+from bench.mask_cache import MaskCache, content_key, mask_stats, run_source
 from bench.pooling import pool_regions
 from bench.rle import decode_rles, encode_rles  # noqa: F401  (re-exported)
 from bench.regions import build_regions
 from bench.sam_slic import SamSlicRegions
-from datamodules.datasets import dataset_items, layout, prepare_dataset
+from datamodules.datasets import dataset_items, layout, prepare_dataset, split_name
 from datamodules.voc import CorruptImageError, load_image_for_label
 
 log = logging.getLogger("regionbench.extract")
@@ -78,10 +85,11 @@ class Extractor:
         meta = self.features.meta()
         return meta["embed_dim"] if meta else self.backbone.embed_dim
 
-    def grid(self, key: str, rgb: np.ndarray) -> tuple[torch.Tensor, bool, float]:
+    def grid(self, key: str, rgb: np.ndarray, image_key: str | None = None) -> tuple[torch.Tensor, bool, float]:
         """((d, h, w) patch features, whether they came from the cache, backbone seconds);
-        float16-rounded either way."""
-        cached = self.features.get(key)
+        float16-rounded either way. ``image_key``: ``content_key(key, rgb)`` if already known."""
+        image_key = image_key or content_key(key, rgb)
+        cached = self.features.get(image_key)
         if cached is not None:
             return cached, True, 0.0
         backbone = self.backbone  # built (weights loaded) outside the timed call
@@ -89,34 +97,38 @@ class Extractor:
         with torch.inference_mode():
             grid = backbone.features(rgb)
         seconds = time.perf_counter() - start
-        return self.features.put(key, grid), False, seconds
+        return self.features.put(image_key, grid), False, seconds
 
-    def masks(self, key: str, rgb: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, dict]:
+    def masks(self, key: str, rgb: np.ndarray, label: np.ndarray,
+              image_key: str | None = None) -> tuple[np.ndarray, dict]:
         """The image's region masks and statistics, from the mask cache or the generator."""
         height, width = rgb.shape[:2]
         if self.regions is None:
             return np.zeros((0, height, width), dtype=bool), {**mask_stats(np.zeros((0,)), height, width),
                                                               "seconds": 0.0, "peak_mem_mb": 0.0}
-        cached = self.cache.get(key, height, width)
+        image_key = image_key or content_key(key, rgb)
+        # a generator that reads the label map (gt) depends on its content too
+        cache_key = content_key(image_key, label) if getattr(self.regions, "needs_label", False) else image_key
+        cached = self.cache.get(cache_key, height, width)
         if cached is not None:
             return cached
         if isinstance(self.regions, SamSlicRegions):
-            masks, stats = self.sam_slic_masks(key, rgb)
+            masks, stats = self.sam_slic_masks(image_key, rgb)
         else:
             masks, stats = run_source(self.regions, rgb, label)
         if stats["empty_dropped"]:
             log.warning("%s: region source %s returned %d empty masks; dropped", key,
                         type(self.regions).__name__, stats["empty_dropped"])
-        self.cache.put(key, masks, stats)
+        self.cache.put(cache_key, masks, stats)
         return masks, stats
 
-    def sam_slic_masks(self, key: str, rgb: np.ndarray) -> tuple[np.ndarray, dict]:
+    def sam_slic_masks(self, image_key: str, rgb: np.ndarray) -> tuple[np.ndarray, dict]:
         """SAM+SLIC from the SAM source's cached masks when present: a sweep runs SAM once."""
         height, width = rgb.shape[:2]
-        cached = self.sam_cache.get(key, height, width)
+        cached = self.sam_cache.get(image_key, height, width)
         if cached is None:
             sam_masks, sam_stats = run_source(self.regions.sam, rgb, None)
-            self.sam_cache.put(key, sam_masks, sam_stats)
+            self.sam_cache.put(image_key, sam_masks, sam_stats)
         else:
             sam_masks, sam_stats = cached
         start = time.perf_counter()
@@ -125,6 +137,11 @@ class Extractor:
                  "peak_mem_mb": sam_stats["peak_mem_mb"], "empty_dropped": 0}
         return masks, stats
 
+    def take_damaged(self) -> list[str]:
+        """Cache entries found damaged (and recomputed) since the last call."""
+        caches = [self.features, self.cache, getattr(self, "sam_cache", None)]
+        return [path for cache in caches if cache is not None for path in cache.take_damaged()]
+
     def sample(self, key: str, image: np.ndarray, label: np.ndarray) -> tuple[dict, dict]:
         """(region statistics, the encoded shard sample) for one image."""
         rgb = to_rgb8(image)
@@ -132,12 +149,16 @@ class Extractor:
         if label.shape != (height, width):
             raise ValueError(f"label of '{key}' is {label.shape} but its image is {(height, width)}")
         clock = [time.perf_counter()]  # stage boundaries: features, regions, pooling, encode
-        grid, features_cached, backbone_seconds = self.grid(key, rgb)  # (d, h, w)
+        image_key = content_key(key, rgb)  # the caches' key: this image's pixels, not only its name
+        grid, features_cached, backbone_seconds = self.grid(key, rgb, image_key)  # (d, h, w)
         p = self.patch_size
         d, h, w = grid.shape
         clock.append(time.perf_counter())
-        masks, stats = self.masks(key, rgb, label)
+        masks, stats = self.masks(key, rgb, label, image_key)
         stats = {**stats, "features_cached": features_cached, "backbone_seconds": backbone_seconds}
+        damaged = self.take_damaged()
+        if damaged:
+            stats["cache_damaged"] = damaged
         clock.append(time.perf_counter())
         if len(masks):
             feats = pool_regions(grid, torch.from_numpy(masks), p, mode=self.pooling).numpy()
@@ -167,14 +188,28 @@ def process_split(cfg: DictConfig, extractor: Extractor, split: str, index: int,
         shards.check_key(item.id)
     plan = shards.plan_shards([item.id for item in items], cfg.extract.samples_per_shard)
     by_id = {item.id: item for item in items}
-    split_dir = Path(cfg.extract.shard_dir) / split
+    split_dir = Path(cfg.extract.shard_dir) / split_name(split)  # a list file's path: its own folder name
     split_dir.mkdir(parents=True, exist_ok=True)
     mine = shards.my_shards(len(plan), index, count)
-    todo = [i for i in mine if not shards.shard_is_verified(split_dir, shards.shard_name(i), plan[i])]
+    known = {}  # shard name -> sha256 of the tar, verified or written by this process in this run
+    for i in mine:
+        digest = shards.verified_sha256(split_dir, shards.shard_name(i), plan[i])
+        if digest is not None:
+            known[shards.shard_name(i)] = digest
+    todo = [i for i in mine if shards.shard_name(i) not in known]
     log.info("%s/%s: %d shards, %d mine, %d to write", cfg.extract.shard_dir, split, len(plan), len(mine), len(todo))
     bar = tqdm(total=sum(len(plan[i]) for i in todo), desc=f"extract {split}", unit="img",
                disable=not cfg.extract.progress, file=sys.stdout)
-    for i in todo:
+
+    def write(i: int) -> bool:
+        """Write shard i unless another process has (called holding its lock); True if written."""
+        name = shards.shard_name(i)
+        digest = shards.verified_sha256(split_dir, name, plan[i])
+        if digest is not None:  # another extraction of this directory wrote it meanwhile
+            known[name] = digest
+            bar.update(len(plan[i]))
+            return False
+        shards.remove_shard_orphans(split_dir, name)
         skipped: list[dict] = []
         stats: dict[str, dict] = {}
         busy = [0.0]  # seconds spent making samples; the rest of write_shard's time is writing
@@ -192,21 +227,28 @@ def process_split(cfg: DictConfig, extractor: Extractor, split: str, index: int,
                     bar.update(1)
                     continue
                 decoded = time.perf_counter()
-                stats[key], sample = extractor.sample(key, image, label)
+                try:
+                    stats[key], sample = extractor.sample(key, image, label)
+                except shards.NonFiniteFeatures as err:
+                    raise shards.NonFiniteFeatures(f"{item.image_path}: {err}") from None
                 stats[key]["stage_seconds"]["decode"] = decoded - start
                 busy[0] += time.perf_counter() - start
                 yield sample
                 bar.update(1)
 
-        name = shards.shard_name(i)
         tar = split_dir / f"{name}.tar"
         start = time.perf_counter()
-        keys = shards.write_shard(tar, samples())
-        digest = shards.sha256(tar)
+        keys, digest, size = shards.write_shard_hashed(tar, samples())
         shards.write_entry(split_dir, shards.ShardEntry(
-            name=name, count=len(keys), keys=keys, sha256=digest, bytes=tar.stat().st_size,
+            name=name, count=len(keys), keys=keys, sha256=digest, bytes=size,
             regions=sum(v["regions"] for v in stats.values()), stats=stats, skipped=skipped,
             write_seconds=time.perf_counter() - start - busy[0]))
+        known[name] = digest
+        return True
+
+    written = shards.write_under_locks(split_dir, todo, write)
+    if todo:
+        log.info("%s: wrote %d shards, %d done by another process", split_dir, written, len(todo) - written)
     bar.close()
     info = {
         "split": split,
@@ -218,7 +260,7 @@ def process_split(cfg: DictConfig, extractor: Extractor, split: str, index: int,
                    if k in ("dataset", "regions", "backbone", "pooling", "extract")},
     }
     info["config"]["extract"].pop("index", None), info["config"]["extract"].pop("count", None)
-    manifest = shards.merge_manifest(split_dir, plan, info)
+    manifest = shards.merge_manifest(split_dir, plan, info, known)
     if manifest is None:
         log.info("%s: waiting for other processes' shards; the last one writes manifest.json", split_dir)
     elif manifest["skipped"]:
@@ -242,6 +284,7 @@ def process_index(cfg: DictConfig) -> tuple[int, int]:
 
 def extract(cfg: DictConfig) -> dict[str, dict]:
     """Extract every shard set the selected cells need; returns {shard_dir/split: manifest}."""
+    check_inputs(cfg)  # missing checkpoints or dataset root: an error before any file is written
     if cfg.task == "retrieval":  # database shards of the val split + query vectors (bench/retrieval.py)
         from bench.retrieval import extract_retrieval
         return extract_retrieval(cfg)

@@ -28,10 +28,24 @@ member); .npy members become ``np.frombuffer`` views after a cached header parse
 members a stage needs (region training needs neither the label PNG, ~1 ms to decode at
 ADE20K size, nor the RLEs). The member encoding itself is unchanged (schema version 1).
 
-Every shard is written under a temporary name and renamed when complete, then its entry
-(count, keys, sha256, skipped images) is written beside it. A shard whose tar and entry
-exist and whose sha256 matches is *verified* and kept by a re-run; anything else is
-redone. So an extraction killed at any moment resumes to the same shard contents.
+Every shard is written under this process's temporary name (``bench.atomic.tmp_path``), its
+sha256 computed from the bytes as they are written, fsynced and renamed when complete; then its
+entry (count, keys, sha256, skipped images) is written beside it the same way. A shard whose tar
+and entry exist and whose sha256 matches is *verified* and kept by a re-run; anything else is
+redone. So an extraction killed at any moment resumes to the same shard contents. A shard is
+written while holding its lock (``<split>/.locks/shard-NNNNNN``, an ``flock`` the kernel releases
+if the writer dies), and the manifest is merged under the split's lock after checking every
+shard's sha256 against its entry: concurrent extractions of one directory share the work, and
+``manifest.json`` never disagrees with the files. Features must be finite: ``encode_sample``
+refuses NaN and Inf (including float16 overflow, ``|x| > 65504``), naming the image.
+
+The manifest records the split it covers (``split_items``: the images the split listed,
+``split_ids_sha256``: a sha256 of their sorted ids); ``load_manifest`` checks that the shards
+plus the skipped images are exactly that split, so a manifest that lost a shard is refused
+rather than scored as a smaller split. Readers can verify each shard's sha256 as it is streamed
+(``read_tar_samples(urls, sha256s)``): the hash is computed on a helper thread from the same
+memory-mapped bytes the parser reads (no second pass over the disk), one shard ahead of the
+consumer, and a mismatch is an error naming the shard before any of its samples is yielded.
 
 Work is split deterministically: shard ``i`` holds ids ``[i*S, (i+1)*S)`` of the split
 and belongs to process ``i % count``, so ranks or array jobs each write their own shards.
@@ -42,19 +56,24 @@ import ast
 import hashlib
 import io
 import json
+import logging
 import math
 import mmap
 import os
 import tarfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from PIL import Image
 
+from bench import atomic
 from bench.mask_cache import summarize_stats
+
+log = logging.getLogger("regionbench.shards")
 
 SCHEMA_VERSION = 1
 REQUIRED = ("feats.npy", "rle.json", "areas.npy", "hist.npy", "label.png", "meta.json")
@@ -63,6 +82,13 @@ OPTIONAL = ("patches.npy",)
 
 class ShardError(RuntimeError):
     """A shard or manifest that is missing, truncated or inconsistent."""
+
+
+class NonFiniteFeatures(ValueError):
+    """Features holding NaN or Inf: never written to a shard."""
+
+
+REEXTRACT = "python -m bench.extract experiment=NAME"
 
 
 # ----------------------------------------------------------------------------- encoding
@@ -86,13 +112,29 @@ def check_key(key: str) -> str:
     return key
 
 
+def finite_half(array: np.ndarray, key: str, what: str) -> np.ndarray:
+    """``array`` as float16, refusing NaN and Inf (also values beyond float16's +-65504)."""
+    with np.errstate(over="ignore"):  # overflow to Inf is reported below, naming the image
+        half = np.asarray(array).astype(np.float16)
+    if not np.isfinite(half).all():
+        nan, inf = int(np.isnan(half).sum()), int(np.isinf(half).sum())
+        finite = np.abs(np.asarray(array)[np.isfinite(array)])
+        largest = float(finite.max()) if finite.size else float("nan")
+        raise NonFiniteFeatures(
+            f"image '{key}': its {what} hold {nan} NaN and {inf} Inf values as float16 (largest finite |x| "
+            f"before rounding: {largest:.4g}; float16 overflows beyond 65504): refusing to write them. Check the "
+            "backbone's checkpoint and options (backbone.params.*)")
+    return half
+
+
 def encode_sample(key: str, feats: np.ndarray, rles: list[dict], areas: np.ndarray,
                   hist: np.ndarray, label: np.ndarray, meta: dict,
                   patches: np.ndarray | None = None) -> dict[str, bytes | str]:
-    """One image's record as tar members (see the module docstring for the schema)."""
+    """One image's record as tar members (see the module docstring for the schema).
+    Raises ``NonFiniteFeatures`` naming ``key`` if ``feats`` or ``patches`` are not finite in float16."""
     sample = {
         "__key__": check_key(key),
-        "feats.npy": _npy(feats.astype(np.float16)),
+        "feats.npy": _npy(finite_half(feats, key, "region features")),
         "rle.json": json.dumps(rles).encode(),
         "areas.npy": _npy(areas.astype(np.int64)),
         "hist.npy": _npy(hist.astype(np.int32)),
@@ -100,7 +142,7 @@ def encode_sample(key: str, feats: np.ndarray, rles: list[dict], areas: np.ndarr
         "meta.json": json.dumps(meta, sort_keys=True).encode(),
     }
     if patches is not None:
-        sample["patches.npy"] = _npy(patches.astype(np.float16))
+        sample["patches.npy"] = _npy(finite_half(patches, key, "patch grid"))
     return sample
 
 
@@ -128,12 +170,17 @@ def decode_sample(sample: dict, fields: tuple[str, ...] | None = None, copy: boo
             raise ShardError(f"sample '{sample['__key__']}' in {sample.get('__url__')} has no {member}: "
                              "re-extract with extract.patches=true")
         raw = sample[member]
-        if member.endswith(".npy"):
-            out[name] = load_npy(raw, copy=copy)
-        elif member.endswith(".json"):
-            out[name] = json.loads(bytes(raw) if isinstance(raw, memoryview) else raw)
-        else:
-            out[name] = np.array(Image.open(io.BytesIO(raw)))
+        try:
+            if member.endswith(".npy"):
+                out[name] = load_npy(raw, copy=copy)
+            elif member.endswith(".json"):
+                out[name] = json.loads(bytes(raw) if isinstance(raw, memoryview) else raw)
+            else:
+                out[name] = np.array(Image.open(io.BytesIO(raw)))
+        except Exception as err:  # damaged bytes (only possible when sha256 verification is off)
+            raise ShardError(f"shard {sample.get('__url__')} is damaged: {member} of sample '{sample['__key__']}' "
+                             f"does not decode ({type(err).__name__}: {err}). Delete the shard and re-run: "
+                             f"{REEXTRACT}") from err
     return out
 
 
@@ -240,34 +287,75 @@ def _pax_records(block: bytes) -> dict[str, str]:
     return records
 
 
-def read_tar_samples(urls: Iterable[str]) -> Iterator[dict]:
+def read_tar_samples(urls: Iterable[str], sha256s: dict[str, str] | None = None) -> Iterator[dict]:
     """Samples of tar shards, as ``webdataset.tarfile_to_samples`` yields them: dicts with
     ``__key__``, ``__url__`` and one entry per member extension (lower case), holding a
     ``memoryview`` of the member's bytes. Each shard is memory-mapped: no copy of its bytes is
-    made until a stage copies what it decodes (the map closes when the last view is gone)."""
-    for url in urls:
-        with open(url, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            # MAP_POPULATE maps every page up front: one call instead of a page fault per 4 KiB
-            data = mmap.mmap(f.fileno(), size, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
-                             prot=mmap.PROT_READ) if size else b""
-        view, current = memoryview(data), None
-        for name, start, size in _tar_members(data, url):
-            base = name.rsplit("/", 1)[-1]
-            if "." not in base or (base.startswith("__") and base.endswith("__")):
-                continue
-            stem, ext = base.split(".", 1)
-            key = name[:len(name) - len(base)] + stem
-            if current is None or key != current["__key__"]:
-                if current is not None:
-                    yield current
-                current = {"__key__": key, "__url__": url}
-            ext = ext.lower()
-            if ext in current:
-                raise ValueError(f"{name}: duplicate file name in tar file {url}")
-            current[ext] = view[start:start + size]
-        if current is not None:
-            yield current
+    made until a stage copies what it decodes (the map closes when the last view is gone).
+
+    ``sha256s`` (url -> hex digest, e.g. from the manifest): those shards are hashed on a helper
+    thread, one shard ahead of the consumer, from the mapped bytes the parser then reads; a
+    mismatch raises ``ShardError`` naming the shard before any of its samples is yielded. A shard
+    that does not parse raises ``ShardError`` naming it too."""
+    urls = list(urls)
+    if not sha256s:
+        for url in urls:
+            yield from _shard_samples(_map_shard(url), url)
+        return
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-sha256")
+    try:  # hashlib releases the GIL: the next shard is hashed while this one is consumed
+        ahead = pool.submit(_map_verified, urls[0], sha256s.get(urls[0])) if urls else None
+        for i, url in enumerate(urls):
+            data = ahead.result()
+            if i + 1 < len(urls):
+                ahead = pool.submit(_map_verified, urls[i + 1], sha256s.get(urls[i + 1]))
+            yield from _shard_samples(data, url)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _map_shard(url: str):
+    with open(url, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        # MAP_POPULATE maps every page up front: one call instead of a page fault per 4 KiB
+        return mmap.mmap(f.fileno(), size, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0),
+                         prot=mmap.PROT_READ) if size else b""
+
+
+def _map_verified(url: str, expected: str | None):
+    data = _map_shard(url)
+    if expected is not None:
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != expected:
+            raise ShardError(f"shard {url} does not match its sha256 in the manifest (read {actual[:12]}..., "
+                             f"manifest {expected[:12]}...): it was damaged after extraction. Delete it and "
+                             f"re-run: {REEXTRACT}")
+    return data
+
+
+def _shard_samples(data, url: str) -> Iterator[dict]:
+    try:
+        members = _tar_members(data, url)
+    except Exception as err:  # tarfile.ReadError, a garbled header field
+        raise ShardError(f"shard {url} is damaged ({type(err).__name__}: {err}). Delete it and re-run: "
+                         f"{REEXTRACT}") from err
+    view, current = memoryview(data), None
+    for name, start, size in members:
+        base = name.rsplit("/", 1)[-1]
+        if "." not in base or (base.startswith("__") and base.endswith("__")):
+            continue
+        stem, ext = base.split(".", 1)
+        key = name[:len(name) - len(base)] + stem
+        if current is None or key != current["__key__"]:
+            if current is not None:
+                yield current
+            current = {"__key__": key, "__url__": url}
+        ext = ext.lower()
+        if ext in current:
+            raise ValueError(f"{name}: duplicate file name in tar file {url}")
+        current[ext] = view[start:start + size]
+    if current is not None:
+        yield current
 
 
 # ----------------------------------------------------------------------------- writing
@@ -284,27 +372,53 @@ def shard_name(index: int) -> str:
 
 
 def write_shard(path: Path, samples: Iterable[dict]) -> list[str]:
-    """Write samples into ``path`` atomically; returns their keys.
+    """Write samples into ``path`` atomically; returns their keys (see ``write_shard_hashed``)."""
+    return write_shard_hashed(path, samples)[0]
 
-    The tar is written to ``<path>.tmp`` and renamed only after it is closed, so a
-    killed process never leaves a complete-looking shard. ``mtime=0`` and fixed
-    owner fields make the bytes a function of the samples alone.
+
+class _HashingWriter:
+    """A binary stream that hashes and counts what is written through it."""
+
+    def __init__(self, stream):
+        self.stream, self.digest, self.bytes = stream, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        self.bytes += len(data)
+        return self.stream.write(data)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def write_shard_hashed(path: Path, samples: Iterable[dict]) -> tuple[list[str], str, int]:
+    """Write samples into ``path`` atomically; returns (keys, sha256, bytes) of what was written.
+
+    The tar goes to this process's temporary name and is renamed only after it is closed and
+    fsynced, so a killed process never leaves a complete-looking shard (nor one another process
+    renames); on an exception the temporary file is removed. ``mtime=0`` and fixed owner fields
+    make the bytes a function of the samples alone. The sha256 is of the bytes as written.
     """
     import webdataset as wds
 
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = atomic.tmp_path(path)
     keys: list[str] = []
-    with open(tmp, "wb") as stream:
-        # mtime an int: a float one makes tarfile add a pax header to every member
-        writer = wds.TarWriter(stream, encoder=False, mtime=0, user="regionbench", group="regionbench")
-        for sample in samples:
-            writer.write(sample)
-            keys.append(sample["__key__"])
-        writer.close()
-        stream.flush()
-        os.fsync(stream.fileno())
-    os.replace(tmp, path)
-    return keys
+    try:
+        with open(tmp, "wb") as stream:
+            hashing = _HashingWriter(stream)
+            # mtime an int: a float one makes tarfile add a pax header to every member
+            writer = wds.TarWriter(hashing, encoder=False, mtime=0, user="regionbench", group="regionbench")
+            for sample in samples:
+                writer.write(sample)
+                keys.append(sample["__key__"])
+            writer.close()
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return keys, hashing.digest.hexdigest(), hashing.bytes
 
 
 @dataclass
@@ -327,10 +441,12 @@ class ShardEntry:
 
 
 def write_entry(split_dir: Path, entry: ShardEntry) -> None:
-    path = split_dir / f"{entry.name}.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(entry.to_dict(), indent=1))
-    os.replace(tmp, path)
+    atomic.write_atomic(split_dir / f"{entry.name}.json", json.dumps(entry.to_dict(), indent=1).encode(), fsync=True)
+
+
+def lock_path(split_dir: Path, name: str) -> Path:
+    """The lock file held while shard ``name`` (or, for "manifest", the manifest) is written."""
+    return Path(split_dir) / ".locks" / name
 
 
 def read_entry(split_dir: Path, name: str) -> ShardEntry | None:
@@ -343,14 +459,44 @@ def read_entry(split_dir: Path, name: str) -> ShardEntry | None:
         return None
 
 
-def shard_is_verified(split_dir: Path, name: str, expected_keys: list[str]) -> bool:
-    """A shard is kept by a re-run only if its tar matches its entry byte for byte."""
+def verified_sha256(split_dir: Path, name: str, expected_keys: list[str]) -> str | None:
+    """The shard's sha256 if its tar matches its entry byte for byte and holds ``expected_keys``
+    (less the skipped ones), else None. Only such a shard is kept by a re-run."""
     entry = read_entry(split_dir, name)
     tar = split_dir / f"{name}.tar"
     if entry is None or not tar.is_file():
-        return False
+        return None
     expected = [k for k in expected_keys if k not in {s["id"] for s in entry.skipped}]
-    return entry.keys == expected and tar.stat().st_size == entry.bytes and sha256(tar) == entry.sha256
+    ok = entry.keys == expected and tar.stat().st_size == entry.bytes and sha256(tar) == entry.sha256
+    return entry.sha256 if ok else None
+
+
+def write_under_locks(split_dir: Path, indices: list[int], write: Callable[[int], bool]) -> int:
+    """Call ``write(i)`` for each shard index holding that shard's lock; returns how many wrote.
+
+    Shards another process holds are skipped at first and waited for at the end, so concurrent
+    extractions of one directory split the work; ``write`` must check, under the lock, whether
+    the shard is already verified (written by the other process) and return False then."""
+    written, busy = 0, []
+    for i in indices:
+        with atomic.locked(lock_path(split_dir, shard_name(i)), wait=False) as held:
+            if held:
+                written += write(i)
+            else:
+                busy.append(i)
+    for i in busy:
+        with atomic.locked(lock_path(split_dir, shard_name(i))):
+            written += write(i)
+    return written
+
+
+def remove_shard_orphans(split_dir: Path, name: str) -> None:
+    """Temporary files of shard ``name`` (its tar, its entry), called while holding its lock: any
+    left then belongs to a writer that died, of this version (``<name>.<host>-<pid>.tar.tmp``) or
+    an older one (``<name>.tar.tmp``)."""
+    for entry in os.scandir(split_dir):
+        if entry.name.startswith(f"{name}.") and entry.name.endswith(".tmp"):
+            Path(entry.path).unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------- planning
@@ -381,41 +527,108 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def merge_manifest(split_dir: Path, plan: list[list[str]], info: dict) -> dict | None:
-    """Write ``manifest.json`` if every planned shard is verified; else return None."""
+def split_ids_digest(ids: Iterable[str]) -> str:
+    """sha256 of a split's sorted ids, one per line: the identity of the split a manifest covers."""
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
+
+
+def merge_manifest(split_dir: Path, plan: list[list[str]], info: dict,
+                   known: dict[str, str] | None = None) -> dict | None:
+    """Write ``manifest.json`` if every planned shard is complete and matches its entry; else None.
+
+    Runs under the split's lock, taking each shard's lock while checking it, so a shard being
+    written by another process is waited for, never half-seen. ``known``: shard name -> sha256
+    this process hashed in this run (not hashed again); every other shard is hashed here."""
+    split_dir = Path(split_dir)
+    known = known or {}
     shards = []
-    for i, keys in enumerate(plan):
-        name = shard_name(i)
-        entry = read_entry(split_dir, name)
-        if entry is None or not (split_dir / f"{name}.tar").is_file():
-            return None
-        shards.append(entry.to_dict())
-    manifest = {
-        "schema_version": SCHEMA_VERSION,
-        "num_samples": sum(s["count"] for s in shards),
-        "num_regions": sum(s["regions"] for s in shards),
-        "num_shards": len(shards),
-        "skipped": [s for e in shards for s in e["skipped"]],
-        "region_stats": summarize_stats({k: v for e in shards for k, v in e["stats"].items()}),
-        "shards": shards,
-        **info,
-        "versions": library_versions(),
-    }
-    path = split_dir / "manifest.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, path)
+    with atomic.locked(lock_path(split_dir, "manifest")):
+        for leftover in split_dir.glob("manifest.*.tmp"):  # under the lock, only a dead writer's
+            leftover.unlink(missing_ok=True)
+        for i, keys in enumerate(plan):
+            name = shard_name(i)
+            with atomic.locked(lock_path(split_dir, name)):
+                entry = read_entry(split_dir, name)
+                tar = split_dir / f"{name}.tar"
+                if entry is None or not tar.is_file():
+                    return None
+                if sorted(entry.keys + [s["id"] for s in entry.skipped]) != sorted(keys):
+                    log.warning("%s holds other images than this extraction planned (another extraction with "
+                                "another extract.samples_per_shard or split?): not writing the manifest", tar)
+                    return None
+                digest = known.get(name) or (sha256(tar) if tar.stat().st_size == entry.bytes else None)
+                if digest != entry.sha256:
+                    log.warning("%s does not match its entry %s.json: not writing the manifest; a re-run "
+                                "redoes that shard", tar, name)
+                    return None
+            shards.append(entry.to_dict())
+        ids = [k for keys in plan for k in keys]
+        manifest = {
+            "schema_version": SCHEMA_VERSION,
+            "num_samples": sum(s["count"] for s in shards),
+            "num_regions": sum(s["regions"] for s in shards),
+            "num_shards": len(shards),
+            "split_items": len(ids),  # images the split listed, skipped ones included
+            "split_ids_sha256": split_ids_digest(ids),
+            "skipped": [s for e in shards for s in e["skipped"]],
+            "cache_damaged": [p for e in shards for s in e["stats"].values() for p in s.get("cache_damaged", ())],
+            "region_stats": summarize_stats({k: v for e in shards for k, v in e["stats"].items()}),
+            "shards": shards,
+            **info,
+            "versions": library_versions(),
+        }
+        atomic.write_atomic(split_dir / "manifest.json", json.dumps(manifest, indent=1).encode(), fsync=True)
     return manifest
 
 
 def load_manifest(split_dir: Path | str) -> dict:
+    """The split's manifest, checked to cover the split it was extracted from (``check_manifest``)."""
     path = Path(split_dir) / "manifest.json"
     if not path.is_file():
         partial = sorted(Path(split_dir).glob("shard-*.json")) if Path(split_dir).is_dir() else []
         hint = (f" ({len(partial)} shard entries exist: an extraction is unfinished or another array job is "
                 "still running)" if partial else "")
         raise ShardError(f"no shard manifest at {path}{hint}. Run: python -m bench.extract experiment=NAME")
-    return json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except ValueError as err:
+        raise ShardError(f"{path} is damaged ({err}): delete it and re-run: {REEXTRACT}") from None
+    check_manifest(manifest, path)
+    return manifest
+
+
+_WARNED_OLD: set[str] = set()
+
+
+def check_manifest(manifest: dict, path: Path) -> None:
+    """The manifest's shards are shard-000000.. in order, their counts add up, and with the skipped
+    images they are exactly the split it records (count and ids); raises ``ShardError`` if not.
+    Manifests written before splits were recorded get the first two checks (and a warning once)."""
+    names = [s["name"] for s in manifest["shards"]]
+    if names != [shard_name(i) for i in range(len(names))] or manifest.get("num_shards", len(names)) != len(names):
+        raise ShardError(f"{path} lists shards {names[:3]}{'...' if len(names) > 3 else ''} ({len(names)}) "
+                         f"instead of shard-000000..{shard_name(len(names) - 1)} in order: it was edited or "
+                         f"mixed with another extraction. Delete the split directory and re-run: {REEXTRACT}")
+    counted = sum(s["count"] for s in manifest["shards"])
+    if counted != manifest["num_samples"] or any(s["count"] != len(s["keys"]) for s in manifest["shards"]):
+        raise ShardError(f"{path} says num_samples={manifest['num_samples']} but its shards list {counted}: "
+                         f"it was edited. Delete the split directory and re-run: {REEXTRACT}")
+    if "split_items" not in manifest:
+        if str(path) not in _WARNED_OLD:
+            _WARNED_OLD.add(str(path))
+            log.warning("%s predates split records: a shard missing from its end cannot be detected. "
+                        "Re-extract to record the split", path)
+        return
+    skipped = manifest["skipped"]
+    if counted + len(skipped) != manifest["split_items"]:
+        raise ShardError(
+            f"{path}: its shards hold {counted} of the {manifest['split_items']} images of the split it was "
+            f"extracted from ({len(skipped)} skipped as unreadable): a shard is missing from the manifest, "
+            f"so evaluation would score a smaller split. Delete the split directory and re-run: {REEXTRACT}")
+    ids = [k for s in manifest["shards"] for k in s["keys"]] + [s["id"] for s in skipped]
+    if split_ids_digest(ids) != manifest.get("split_ids_sha256"):
+        raise ShardError(f"{path}: the images in its shards are not the split it was extracted from "
+                         f"(ids differ from split_ids_sha256). Delete the split directory and re-run: {REEXTRACT}")
 
 
 def verify_shards(split_dir: Path | str, manifest: dict, level: str = "size") -> None:

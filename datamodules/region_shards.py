@@ -15,6 +15,13 @@ node splitter (which gives ranks unequal sample counts):
   it is read, so a missing or truncated shard (even one cut at a member boundary, which
   tar reads without complaint) is an error naming the shard.
 
+Integrity (``data.verify``): ``sha256`` (the default) checks every shard's size before reading
+and its sha256 while it is streamed, hashed on a helper thread from the bytes the reader maps
+(``bench.shards.read_tar_samples``): a damaged shard fails the epoch that reads it, naming it,
+before any of its samples reaches the model. ``size`` and ``exists`` only check before reading.
+The manifest itself is checked to cover the split it was extracted from
+(``bench.shards.check_manifest``), so evaluation cannot silently score a shard short.
+
 Speed (``make bench``, "shard streaming"): shards are parsed by ``bench.shards.read_tar_samples``
 (one read per shard, no per-member tarfile overhead), each stage decodes only the members it
 uses, and the region shuffle buffer is a preallocated array pool from which whole batches
@@ -34,6 +41,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from bench import shards as shardio
+from datamodules.datasets import split_name
 
 # ----------------------------------------------------------------------------- stages
 
@@ -161,7 +169,8 @@ def _region_batch(pool: list[np.ndarray], rows: np.ndarray) -> dict:
 
 
 def verified(samples: Iterator[dict], expected: dict[str, list[str]], urls: list[str]) -> Iterator[dict]:
-    """Pass samples through, checking each shard's keys against the manifest as it ends."""
+    """Pass samples through, checking each shard's keys against the manifest as it ends. (A shard
+    that does not parse, or fails its sha256, is named by the reader itself.)"""
     pending = list(urls)
     current, seen = None, []
 
@@ -174,21 +183,14 @@ def verified(samples: Iterator[dict], expected: dict[str, list[str]], urls: list
                 "Delete the shard and re-run: python -m bench.extract experiment=NAME")
         pending.remove(url)
 
-    try:
-        for sample in samples:
-            url = sample["__url__"]
-            if url != current:
-                if current is not None:
-                    close(current)
-                current, seen = url, []
-            seen.append(sample["__key__"])
-            yield sample
-    except shardio.ShardError:
-        raise
-    except Exception as err:  # tarfile errors inside a damaged shard
-        bad = current if current is not None and current in pending else (pending[0] if pending else "?")
-        raise shardio.ShardError(f"shard {bad} is damaged ({type(err).__name__}: {err}). "
-                                 "Delete it and re-run extraction") from err
+    for sample in samples:
+        url = sample["__url__"]
+        if url != current:
+            if current is not None:
+                close(current)
+            current, seen = url, []
+        seen.append(sample["__key__"])
+        yield sample
     if current is not None:
         close(current)
     for url in pending:  # shards that produced no sample at all
@@ -202,8 +204,13 @@ def _slot(rank: int, world: int) -> tuple[int, int]:
     return rank * workers + worker, world * workers
 
 
-def _read(urls: list[str]) -> Iterator[dict]:
-    return shardio.read_tar_samples(urls)
+def _read(urls: list[str], sha256s: dict[str, str] | None) -> Iterator[dict]:
+    return shardio.read_tar_samples(urls, sha256s)
+
+
+def _checksums(urls: list[str], manifest: dict, verify: bool) -> dict[str, str] | None:
+    """url -> the manifest's sha256, for the reader to verify while streaming (None: no check)."""
+    return {u: s["sha256"] for u, s in zip(urls, manifest["shards"])} if verify else None
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -214,15 +221,17 @@ class TrainStream(IterableDataset):
 
     ``unit="image"``: batches of ``batch_size`` whole images (``collate_regions``).
     ``unit="region"``: batches of ``batch_size`` regions from a ``region_buffer``-deep
-    shuffle buffer (``collate_region_rows``).
+    shuffle buffer (``collate_region_rows``). ``verify``: check each shard's sha256 as it is read.
     """
 
     def __init__(self, split_dir: Path, manifest: dict, batch_size: int, rank: int, world: int,
-                 seed: int, shuffle_buffer: int, unit: str = "image", region_buffer: int = 20000):
+                 seed: int, shuffle_buffer: int, unit: str = "image", region_buffer: int = 20000,
+                 verify: bool = True):
         if unit not in ("image", "region"):
             raise ValueError(f"unit={unit!r}: image or region")
         self.urls = [str(Path(split_dir) / f"{s['name']}.tar") for s in manifest["shards"]]
         self.expected = {u: s["keys"] for u, s in zip(self.urls, manifest["shards"])}
+        self.sha256s = _checksums(self.urls, manifest, verify)
         self.units = manifest["num_samples"] if unit == "image" else manifest["num_regions"]
         if self.units == 0:
             raise shardio.ShardError(f"{split_dir} holds no training {unit}s")
@@ -244,9 +253,9 @@ class TrainStream(IterableDataset):
             order = rng.sample(self.urls, len(self.urls))
             if len(order) >= slots:
                 mine = order[slot::slots]
-                yield from verified(_read(mine), self.expected, mine)
+                yield from verified(_read(mine, self.sha256s), self.expected, mine)
             else:  # fewer shards than slots: every slot reads all, keeps every slots-th sample
-                for i, sample in enumerate(verified(_read(order), self.expected, order)):
+                for i, sample in enumerate(verified(_read(order, self.sha256s), self.expected, order)):
                     if i % slots == slot:
                         yield sample
 
@@ -272,12 +281,14 @@ class TrainStream(IterableDataset):
 
 
 class EvalStream(IterableDataset):
-    """Every sample exactly once across ranks and workers, in shard order per slot."""
+    """Every sample exactly once across ranks and workers, in shard order per slot.
+    ``verify``: check each shard's sha256 as it is read."""
 
     def __init__(self, split_dir: Path, manifest: dict, batch_size: int, rank: int, world: int,
-                 num_workers: int):
+                 num_workers: int, verify: bool = True):
         self.urls = [str(Path(split_dir) / f"{s['name']}.tar") for s in manifest["shards"]]
         self.expected = {u: s["keys"] for u, s in zip(self.urls, manifest["shards"])}
+        self.sha256s = _checksums(self.urls, manifest, verify)
         self.counts = [s["count"] for s in manifest["shards"]]
         self.batch_size, self.rank, self.world = batch_size, rank, world
         self.num_workers = max(num_workers, 1)
@@ -293,7 +304,7 @@ class EvalStream(IterableDataset):
 
         slot, slots = _slot(self.rank, self.world)
         mine = self.urls[slot::slots]
-        stream = verified(_read(mine), self.expected, mine)
+        stream = verified(_read(mine, self.sha256s), self.expected, mine)
         stream = (shardio.decode_sample(s, copy=False) for s in stream)
         yield from wds.batched(self.batch_size, collation_fn=collate_regions, partial=True)(stream)
 
@@ -320,13 +331,21 @@ class EpochLoader(DataLoader):
 # ----------------------------------------------------------------------------- datamodule
 
 
+VERIFY = ("exists", "size", "sha256")  # data.verify: what is checked (each level includes the previous)
+
+
 class RegionShardDataModule(pl.LightningDataModule):
-    """Train and val streams over ``<shard_dir>/<split>`` shard sets (see bench.shards)."""
+    """Train and val streams over ``<shard_dir>/<split>`` shard sets (see bench.shards).
+
+    ``verify``: "exists" / "size" check every shard before reading; "sha256" (default) also
+    verifies each shard's sha256 while streaming it."""
 
     def __init__(self, shard_dir: str, train_split: str, val_split: str, batch_size: int = 16,
                  region_batch_size: int = 1024, region_buffer: int = 20000, train_unit: str = "image",
-                 num_workers: int = 0, shuffle_buffer: int = 64, verify: str = "size", seed: int = 0):
+                 num_workers: int = 0, shuffle_buffer: int = 64, verify: str = "sha256", seed: int = 0):
         super().__init__()
+        if verify not in VERIFY:
+            raise ValueError(f"data.verify={verify!r} is not one of {', '.join(VERIFY)}")
         self.train_unit = train_unit
         self.region_batch_size, self.region_buffer = region_batch_size, region_buffer
         self.shard_dir = Path(shard_dir)
@@ -337,9 +356,10 @@ class RegionShardDataModule(pl.LightningDataModule):
 
     def manifest(self, split: str) -> dict:
         if split not in self.manifests:
-            split_dir = self.shard_dir / split
+            split_dir = self.shard_dir / split_name(split)
             manifest = shardio.load_manifest(split_dir)
-            shardio.verify_shards(split_dir, manifest, self.verify)
+            # sha256: sizes now, hashes while streaming (no second pass over the disk)
+            shardio.verify_shards(split_dir, manifest, "size" if self.verify == "sha256" else self.verify)
             self.manifests[split] = manifest
         return self.manifests[split]
 
@@ -354,16 +374,17 @@ class RegionShardDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
         by_region = self.train_unit == "region"
-        stream = TrainStream(self.shard_dir / self.train_split, self.manifest(self.train_split),
+        stream = TrainStream(self.shard_dir / split_name(self.train_split), self.manifest(self.train_split),
                              self.region_batch_size if by_region else self.batch_size, rank, world, self.seed,
-                             self.shuffle_buffer, unit=self.train_unit, region_buffer=self.region_buffer)
+                             self.shuffle_buffer, unit=self.train_unit, region_buffer=self.region_buffer,
+                             verify=self.verify == "sha256")
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
         return EpochLoader(stream, first_epoch=epoch, **self._loader_kwargs())
 
     def eval_dataloader(self, split: str) -> DataLoader:
         rank, world = self._rank_world()
-        stream = EvalStream(self.shard_dir / split, self.manifest(split), self.batch_size, rank, world,
-                            self.num_workers)
+        stream = EvalStream(self.shard_dir / split_name(split), self.manifest(split), self.batch_size, rank, world,
+                            self.num_workers, verify=self.verify == "sha256")
         return DataLoader(stream, batch_size=None, collate_fn=as_is, **self._loader_kwargs())
 
     def val_dataloader(self) -> DataLoader:

@@ -72,15 +72,17 @@ def test_damaged_tars_raise_or_end_like_tarfile(tmp_path):
     data = path.read_bytes()
     cut = tmp_path / "cut.tar"
     cut.write_bytes(data[:1500])  # inside a's data
-    with pytest.raises(tarfile.ReadError, match="unexpected end"):
+    with pytest.raises(shards.ShardError, match="cut.tar is damaged.*unexpected end") as err:  # names the shard
         list(shards.read_tar_samples([str(cut)]))
+    assert isinstance(err.value.__cause__, tarfile.ReadError)
     cut.write_bytes(data[:512 + 2048])  # at the member boundary: a valid shorter archive
     assert [s["__key__"] for s in shards.read_tar_samples([str(cut)])] == ["a"]
     bad = bytearray(data)
     bad[0] ^= 1  # a's name changes, its checksum no longer matches
     cut.write_bytes(bytes(bad))
-    with pytest.raises(tarfile.ReadError, match="checksum"):
+    with pytest.raises(shards.ShardError, match="cut.tar is damaged.*checksum") as err:
         list(shards.read_tar_samples([str(cut)]))
+    assert isinstance(err.value.__cause__, tarfile.ReadError)
     cut.write_bytes(b"")
     assert list(shards.read_tar_samples([str(cut)])) == []
 
