@@ -3,7 +3,8 @@
     defaults (bench/defaults.yaml)  <-  experiments/<name>.yaml  <-  key=value overrides
 
 An experiment file states only what differs from the defaults (no inheritance
-chains). In a table cell the layers are: defaults <- experiment <- the cell's column <- its row
+chains). Every value a layer sets is checked as it is merged (types and enumerated choices,
+bench/config_checks.py). In a table cell the layers are: defaults <- experiment <- the cell's column <- its row
 <- the command line (which always wins). An unknown key anywhere is an error that names the key and the nearest
 valid ones. Every run saves its resolved config beside its results.
 
@@ -89,6 +90,9 @@ def _merge_checked(base: DictConfig, update: DictConfig, source: str) -> DictCon
         update = expand_presets(update)
     except ValueError as err:
         raise ConfigError(f"{err} (from {source})") from None
+    from bench.config_checks import check_values
+
+    check_values(update, source)
     for key in _all_keys(update):
         if OmegaConf.select(base, key, default="__missing__") == "__missing__":
             parent = key.rsplit(".", 1)[0] if "." in key else ""
@@ -159,6 +163,10 @@ def load_config(argv: Iterable[str] = (), experiment: str | None = None) -> Dict
         cfg.overrides = list(overrides)  # re-applied over table rows/columns: the command line wins
     OmegaConf.set_struct(cfg, True)
     check_trainer_args(cfg)
+    from bench.config_checks import check_extract_share, check_table
+
+    check_table(cfg)
+    check_extract_share(cfg)
     return cfg
 
 
@@ -263,11 +271,19 @@ EXECUTION_KEYS = (
 
 
 def config_hash(cfg: DictConfig, ignore: tuple[str, ...] = ()) -> str:
-    """12 hex digits identifying what a run computes: the resolved config without EXECUTION_KEYS
-    (and ``ignore``), with file locations under paths.* written relative to them (a moved checkout
-    keeps its hashes)."""
+    """12 hex digits identifying what a run computes: the resolved config without EXECUTION_KEYS,
+    the launch keys below (and ``ignore``), with file locations under paths.* written relative to them
+    (a moved checkout keeps its hashes).
+
+    Devices, nodes, strategy and accelerator are left out so that a DDP evaluation, or a run resumed
+    under another launch, keeps the training's hash; the training's world size is in its metrics.json
+    (training on W devices draws W batches per step: other numbers than on one device)."""
     import hashlib
     import json
+
+    launch = ("trainer.accelerator", "trainer.devices", "trainer.num_nodes", "trainer.strategy", "trainer.plugins",
+              "trainer.enable_checkpointing", "trainer.default_root_dir", "trainer.profiler",
+              "trainer.num_sanity_val_steps", "checkpoint")
 
     resolved = OmegaConf.to_container(cfg, resolve=True)
     roots = sorted(((str(v).rstrip("/"), f"${{paths.{k}}}") for k, v in resolved["paths"].items() if v),
@@ -284,7 +300,7 @@ def config_hash(cfg: DictConfig, ignore: tuple[str, ...] = ()) -> str:
                     return name + value[len(root):]
         return value
 
-    for key in (*EXECUTION_KEYS, *ignore):
+    for key in (*EXECUTION_KEYS, *launch, *ignore):
         parent, _, leaf = key.rpartition(".")
         node = resolved
         for part in parent.split(".") if parent else []:

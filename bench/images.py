@@ -15,10 +15,26 @@ first. Accepted inputs (anything else raises, naming the shape and dtype):
 
 Gray is replicated to three channels. Alpha is dropped, not composited: the colour channels
 are kept as stored, which is what PIL's ``convert("RGB")`` does.
+
+A decoded PIL image goes through ``pil_to_rgb8`` instead, which knows its mode (an array cannot
+tell CMYK from RGBA, or palette indices from grey):
+
+    mode                                  -> RGB
+    RGB                                   as is
+    1, L, LA, P (+ transparency), PA,     PIL's own ``convert("RGB")``: CMYK by PIL's formula
+    RGBA, CMYK, YCbCr, LAB, HSV, ...      (255 - C - K, ...; an Adobe CMYK JPEG's inversion is undone
+                                          by PIL's decoder; no ICC colour management), alpha dropped
+    I;16, I;16B, I;16L, I;16N (16-bit)    round(v / 257), as uint16 arrays above; PIL's convert
+                                          clips instead (every value above 255 becomes white)
+    I (32-bit int; 16-bit PGM/PNG open    round(v / 257) if every value is in 0..65535, else an error
+    in this mode)                         (PIL clips to 0..255)
+    F (32-bit float)                      round(v * 255) if every value is in [0, 1], as float arrays
+                                          above, else an error (PIL clips to 0..255)
 """
 from __future__ import annotations
 
 import numpy as np
+from PIL import Image
 
 _HALF_STEP = 0.5 / 255  # a float value this far outside [0, 1] still rounds to 0 or 255
 
@@ -67,6 +83,24 @@ def to_rgb8(image: np.ndarray) -> np.ndarray:
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
     return np.ascontiguousarray(image)
+
+
+def pil_to_rgb8(image: Image.Image) -> np.ndarray:
+    """A decoded PIL image of any mode -> (H, W, 3) uint8, a writable copy (see the module docstring).
+
+    Raises ValueError for a 32-bit integer image beyond 16 bits or a float image outside [0, 1].
+    """
+    if image.mode.startswith("I;16"):
+        return to_rgb8(np.asarray(image).astype(np.uint16))  # native byte order (I;16B is big-endian)
+    if image.mode == "I":
+        values = np.asarray(image)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise ValueError(f"32-bit integer image with values {values.min()}..{values.max()}; only 16-bit "
+                             "values 0..65535 are read (as v / 257)")
+        return to_rgb8(values.astype(np.uint16))
+    if image.mode == "F":
+        return to_rgb8(np.array(image))
+    return np.array(image if image.mode == "RGB" else image.convert("RGB"))
 
 
 def records_to_masks(records: list[dict], shape: tuple[int, int]) -> np.ndarray:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench.minivoc import JPEG_QUALITY, render_scene
+from bench.minivoc import JPEG_QUALITY, announce_generation, render_scene
 
 GENERATOR_VERSION = 1
 STAMP = ".regionbench_miniade.json"
@@ -70,6 +70,7 @@ def generate_miniade(root: str | Path, num_train: int = 200, num_val: int = 60, 
         raise FileExistsError(f"{base} holds another ADE20K dataset (no {OWNER}); choose an empty root for MiniADE")
     if num_train < 1 or num_val < 1 or width < 32 or height < 32:
         raise ValueError(f"MiniADE needs num_train, num_val >= 1 and width, height >= 32; got {params}")
+    announce_generation("MiniADE", base, params)
     stamp.unlink(missing_ok=True)
     base.mkdir(parents=True, exist_ok=True)
     owner.touch()

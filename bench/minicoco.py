@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from bench.minivoc import CLASSES, JPEG_QUALITY, image_id, render_scene_instances
+from bench.minivoc import CLASSES, JPEG_QUALITY, announce_generation, image_id, render_scene_instances
 from datamodules.voc import VOC_CLASSES
 
 GENERATOR_VERSION = 1
@@ -99,6 +99,7 @@ def generate_minicoco(root: str | Path, num_train: int = 300, num_val: int = 100
         return root
     if num_train < 1 or num_val < 1 or width < 32 or height < 32:
         raise ValueError(f"MiniCOCO needs num_train, num_val >= 1 and width, height >= 32; got {params}")
+    announce_generation("MiniCOCO", root, params)
     stamp.unlink(missing_ok=True)
     (root / "annotations").mkdir(parents=True, exist_ok=True)
     start, next_id = time.perf_counter(), 1

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -237,6 +238,16 @@ def render_scene_instances(seed: int, index: int, width: int = 320, height: int 
     return np.clip(image + 0.5, 0, 255).astype(np.uint8), label, instance, classes
 
 
+def announce_generation(name: str, where: Path, params: dict) -> None:
+    """Say loudly (a warning, shown even without logging set up) that a mini dataset is being
+    written and where: a misspelt ``dataset.root`` would otherwise silently fill a new directory."""
+    logging.getLogger("regionbench.data").warning(
+        "generating %s (%d train + %d val = %d images of %dx%d, seed %d) at %s, which holds no %s with "
+        "these parameters. For a downloaded dataset set dataset.root to it and dataset.generate=null",
+        name, params["num_train"], params["num_val"], params["num_train"] + params["num_val"], params["width"],
+        params["height"], params["seed"], where, name)
+
+
 def image_id(index: int) -> str:
     return f"mini_{index:06d}"
 
@@ -257,6 +268,7 @@ def generate_minivoc(root: str | Path, num_train: int = 300, num_val: int = 100,
     _refuse_foreign_dataset(voc_dir)
     if num_train < 1 or num_val < 1 or width < 32 or height < 32:
         raise ValueError(f"MiniVOC needs num_train, num_val >= 1 and width, height >= 32; got {params}")
+    announce_generation("MiniVOC", voc_dir, params)
     stamp.unlink(missing_ok=True)
     for sub in (IMAGE_DIR, LABEL_DIR, SPLIT_DIR):
         (voc_dir / sub).mkdir(parents=True, exist_ok=True)

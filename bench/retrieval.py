@@ -55,7 +55,7 @@ from bench.retrieval_metrics import PRECISION_K, average_precision, precision_at
 from bench.retrieval_queries import (Query, global_vector, load_queries, query_vectors, save_queries,
                                     select_queries)
 from datamodules.coco import annotation_file, load_coco
-from datamodules.datasets import dataset_items, layout, prepare_dataset
+from datamodules.datasets import dataset_items, layout, prepare_dataset, split_name
 from datamodules.voc import load_image_for_label
 
 log = logging.getLogger("regionbench.retrieval")
@@ -192,7 +192,7 @@ def load_database(cfg: DictConfig) -> tuple[np.ndarray, np.ndarray, list[str], s
     """(vectors (N, d), image_of (N,), keys (M,), source id, manifest or {})."""
     hint = f"run: python -m bench.extract experiment={cfg.experiment}" + (f" cell={cfg.cell}" if cfg.cell else "")
     if method(cfg) == "region":
-        split_dir = Path(cfg.extract.shard_dir) / cfg.dataset.val_split
+        split_dir = Path(cfg.extract.shard_dir) / split_name(cfg.dataset.val_split)
         try:
             samples, manifest = read_region_shards(split_dir)
         except shards.ShardError as err:

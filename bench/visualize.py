@@ -200,10 +200,10 @@ def render_cell(cfg: DictConfig, cell: str, split: str, num_images: int, out: Pa
     ``eval.py save_predictions=true`` wrote, if any."""
     from bench.extract import decode_rles
     from bench.runs import run_dir
-    from datamodules.datasets import dataset_items, layout
+    from datamodules.datasets import dataset_items, layout, split_name
     from datamodules.voc import load_image
 
-    samples = read_samples(Path(cfg.extract.shard_dir) / split, num_images)  # first: says how to extract
+    samples = read_samples(Path(cfg.extract.shard_dir) / split_name(split), num_images)  # first: says how to extract
     items = {item.id: item for item in dataset_items(cfg.dataset, split)}
     fmt = layout(cfg.dataset)
     saved = run_dir(cfg) / fmt.prediction_subdir
@@ -244,10 +244,11 @@ def draw_predictions(cfg: DictConfig, model, num_images: int, out: Path) -> list
     the first ``num_images`` val samples, predicted again here (in shard order, on this process)."""
     import torch
 
+    from datamodules.datasets import split_name
     from datamodules.region_shards import collate_regions
 
     split = cfg.dataset.val_split
-    samples = read_samples(Path(cfg.extract.shard_dir) / split, num_images)
+    samples = read_samples(Path(cfg.extract.shard_dir) / split_name(split), num_images)
     if not samples:
         return []
     batch = collate_regions(samples)

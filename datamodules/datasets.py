@@ -68,9 +68,28 @@ def prepare_dataset(dataset: DictConfig) -> None:
 
 
 def dataset_items(dataset: DictConfig, split: str) -> list[voc.VocSample]:
-    """The split's samples in file order, capped at ``dataset.max_images``."""
+    """The split's samples in file order, capped at ``dataset.max_images``. An id met twice is an
+    error: it would be scored twice, or be two members of one shard."""
     items = list(layout(dataset).iter_samples(dataset.root, split))
+    seen: dict[str, voc.VocSample] = {}
+    for item in items:
+        if item.id in seen:
+            raise ValueError(f"split {split!r} of {dataset.root} lists image id '{item.id}' twice "
+                             f"({seen[item.id].image_path} and {item.image_path})")
+        seen[item.id] = item
     return items[: dataset.max_images] if dataset.max_images else items
+
+
+def split_name(split: str) -> str:
+    """The folder name of a split's shards: the split itself (``train``), or for a split given as a
+    list file, its stem and a digest of its absolute path (``lists/mine.txt`` -> ``mine-1a2b3c4d``),
+    so that two list files never share a folder and no path leaks into the shard directory."""
+    if not voc.is_list_file(split):
+        return split
+    import hashlib
+    import os
+
+    return f"{Path(split).stem}-{hashlib.sha256(os.path.abspath(split).encode()).hexdigest()[:8]}"
 
 
 def class_names(dataset: DictConfig) -> list[str]:

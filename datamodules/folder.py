@@ -5,7 +5,8 @@ Every file under ``root`` (recursively) with a suffix in ``IMAGE_SUFFIXES`` is a
 sorted path order; ``split`` is ignored. The sample key is the path relative to ``root`` without
 its suffix, '/' written '__' and '.' written '_' (shard keys may hold neither); two files with
 the same key are an error. The label map is all 255 (ignore) at the stored pixel size, so images
-are used as stored (EXIF orientation is not applied), as every other layout does.
+are used as stored (EXIF orientation is not applied), as every other layout does. A file that is
+not an image despite its suffix is skipped and counted by extraction (see ``load_label``).
 """
 from __future__ import annotations
 
@@ -42,9 +43,17 @@ def iter_samples(root: str | Path, split: str = "all") -> Iterator[VocSample]:
 
 
 def load_label(path: str | Path) -> np.ndarray:
-    """(H, W) uint8, all ignore: the image's size without decoding its pixels."""
-    with Image.open(path) as image:
-        width, height = image.size
+    """(H, W) uint8, all ignore: the image's size without decoding its pixels.
+
+    A file PIL cannot identify (a ``.jpg`` that is no image) gets a (0, 0) label: the image read
+    that follows then raises ``CorruptImageError``, so extraction skips and counts it like any
+    unreadable image instead of stopping on the label.
+    """
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except (OSError, SyntaxError, ValueError):  # PIL.UnidentifiedImageError is an OSError
+        width = height = 0
     return np.full((height, width), IGNORE_INDEX, dtype=np.uint8)
 
 

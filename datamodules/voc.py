@@ -6,7 +6,8 @@ The same code reads the real dataset and RegionBench's mini set
     VOCdevkit/VOC2012/
         JPEGImages/<id>.jpg
         SegmentationClass/<id>.png          labels 0..20, 255 = void
-        ImageSets/Segmentation/<split>.txt  one id per line (train, val, trainval)
+        ImageSets/Segmentation/<split>.txt  one id per line (train, val, trainval); an id listed
+                                            twice is an error naming both lines
         SegmentationClassAug/<id>.png       optional: SBD "aug" labels (dataset.train_split=train_aug
                                             with the list as ImageSets/Segmentation/train_aug.txt,
                                             in either the id or the DeepLab pair format)
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
+
+from bench.images import pil_to_rgb8
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car",
@@ -93,9 +96,14 @@ def voc_paths(root: str | Path) -> Path:
         "or write the mini set there with: python -m bench.minivoc ROOT")
 
 
+def is_list_file(split: str) -> bool:
+    """Whether a split is given as the path of a list file (``lists/mine.txt``) rather than by name."""
+    return split.endswith(".txt") or "/" in split
+
+
 def split_file(voc_dir: str | Path, split: str) -> Path:
     """``ImageSets/Segmentation/<split>.txt``, or ``split`` itself when it is a path to a list file."""
-    if split.endswith(".txt") or "/" in split:
+    if is_list_file(split):
         return Path(split)
     return voc_paths(voc_dir) / SPLIT_DIR / f"{split}.txt"
 
@@ -126,7 +134,16 @@ def split_entries(voc_dir: str | Path, split: str) -> list[tuple[str, str, str]]
         raise FileNotFoundError(
             f"split file {path} not found; create it with one image id per line "
             f"(e.g. 2007_000032, the file names in {IMAGE_DIR} without .jpg)")
-    entries = [_parse_line(path, n, line) for n, line in enumerate(path.read_text().splitlines(), 1) if line.strip()]
+    entries, first_line = [], {}
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        entry = _parse_line(path, n, line)
+        if entry[0] in first_line:  # it would be scored twice, or be two members of one shard tar
+            raise ValueError(f"{path}: image id '{entry[0]}' is listed twice, on lines {first_line[entry[0]]} "
+                             f"and {n}; remove one")
+        first_line[entry[0]] = n
+        entries.append(entry)
     if not entries:
         raise ValueError(f"split file {path} is empty; list one image id per line")
     return entries
@@ -177,17 +194,21 @@ def _open_fully(path: str | Path) -> Image.Image:
 
 
 def load_image(path: str | Path, exif_transpose: bool = False) -> np.ndarray:
-    """Decode an image in its own mode: (H, W) grey, (H, W, 3) RGB, (H, W, 4)
-    RGBA/CMYK, uint8 or uint16. Converting is the caller's choice.
+    """Decode an image to (H, W, 3) uint8 RGB, whatever its mode: as PIL's ``convert("RGB")`` does,
+    16-bit greyscale scaled to 8 bits (``bench.images.pil_to_rgb8``). A writable copy.
 
     ``exif_transpose`` applies the EXIF orientation tag (as viewers, and OpenCV's imread, do);
     off by default because dataset labels are drawn on the stored pixel grid.
-    Raises CorruptImageError rather than returning a partial image.
+    Raises CorruptImageError rather than returning a partial image, and ValueError (naming the
+    file) for a 32-bit or float image whose values have no 8-bit reading.
     """
     image = _open_fully(path)
     if exif_transpose:
         image = ImageOps.exif_transpose(image)
-    return np.array(image)  # a writable copy: torch.from_numpy warns on read-only arrays
+    try:
+        return pil_to_rgb8(image)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
 
 
 def load_image_for_label(path: str | Path, label_shape: tuple[int, int]) -> np.ndarray:

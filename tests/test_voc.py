@@ -104,13 +104,15 @@ def test_label_values_outside_voc_are_refused(tmp_path):
         load_label(tmp_path / "bad.png")
 
 
-def test_load_image_keeps_the_native_mode(tmp_path):
-    cases = {"grey.png": np.full((5, 7), 9, np.uint8), "rgba.png": np.full((5, 7, 4), 9, np.uint8),
-             "deep.png": np.full((5, 7), 40000, np.uint16)}
-    for name, array in cases.items():
+def test_load_image_returns_rgb_whatever_the_mode(tmp_path):
+    """Every mode, one by one, in tests/test_inputs.py; here the three the pipeline met first."""
+    cases = {"grey.png": (np.full((5, 7), 9, np.uint8), np.full((5, 7, 3), 9)),
+             "rgba.png": (np.full((5, 7, 4), 9, np.uint8), np.full((5, 7, 3), 9)),
+             "deep.png": (np.full((5, 7), 40000, np.uint16), np.full((5, 7, 3), 156))}  # 40000 / 257
+    for name, (array, expected) in cases.items():
         Image.fromarray(array).save(tmp_path / name)
         loaded = load_image(tmp_path / name)
-        assert loaded.shape == array.shape and loaded.dtype == array.dtype and np.array_equal(loaded, array), name
+        assert loaded.dtype == np.uint8 and np.array_equal(loaded, expected), name
         assert loaded.flags.writeable
 
 
