@@ -3,7 +3,10 @@
     python eval.py experiment=quickstart [trainer.devices=2 trainer.strategy=ddp] [save_predictions=true] [pictures=4]
     python eval.py leaderboard [leaderboard.sort=oracle_miou]   # every result under results_root on one page
 
-Writes each cell's metrics.json (atomically) and results/<experiment>/table.{md,csv,tex}.
+Scores exactly the checkpoint that the cell's training record (metrics.json, written by train.py) names,
+after checking its sha256; a damaged or replaced checkpoint is an error saying what to run. Rewrites
+each cell's metrics.json (atomically) with the new scores and an ``eval`` record, keeping the training
+record, and renders results/<experiment>/table.{md,csv,tex}.
 With save_predictions=true, predicted label maps go under the run directory in the format of the
 dataset's evaluation server: VOC results/VOC2012/Segmentation/comp5_val_cls/<id>.png (palette PNGs),
 ADE20K predictions/<id>.png (L-mode, classes shifted back to 1..150, 0 where undecided).
@@ -11,7 +14,6 @@ ADE20K predictions/<id>.png (L-mode, classes shifted back to 1..150, 0 where und
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import sys
 import time
@@ -19,11 +21,12 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from bench.config import cell_configs, config_hash, load_config, save_config, table_rows
 from bench.leaderboard import write_leaderboard
-from bench.runs import (build_datamodule, build_model, build_trainer, check_shards, data_report, run_dir, run_record,
-                        summarize, write_json)
+from bench.runs import (build_datamodule, build_model, build_trainer, check_shards, data_report, read_metrics,
+                        recorded_checkpoint, run_dir, run_record, summarize, training_of, write_json)
 from bench.tables import write_tables
 from bench.visualize import draw_predictions
 from datamodules.datasets import class_names, layout
@@ -33,20 +36,19 @@ log = logging.getLogger("regionbench.eval")
 
 
 def untrained(cfg: DictConfig) -> bool:
-    """A trainable cell without its checkpoint."""
-    return MODELS[cfg.model.kind].trainable and not (run_dir(cfg) / "checkpoints" / "last.ckpt").is_file()
+    """A trainable cell that train.py has not finished (no training record in its metrics.json)."""
+    return MODELS[cfg.model.kind].trainable and training_of(read_metrics(run_dir(cfg))) is None
 
 
 def eval_cell(cfg: DictConfig) -> dict:
     directory = run_dir(cfg)
-    checkpoint = directory / "checkpoints" / "last.ckpt"
-    if untrained(cfg):
-        raise FileNotFoundError(f"cell {cfg.cell} has no checkpoint at {checkpoint}: "
-                                f"run python train.py experiment={cfg.experiment} cell={cfg.cell}")
+    trainable = MODELS[cfg.model.kind].trainable
+    checkpoint = recorded_checkpoint(cfg, directory) if trainable else None
+    training = training_record(cfg, directory) if trainable else {}
     pl.seed_everything(cfg.seed, verbose=False)
     datamodule = build_datamodule(cfg)
     manifest = check_shards(cfg, datamodule, cfg.dataset.val_split)
-    if MODELS[cfg.model.kind].trainable:
+    if trainable:
         model = MODELS[cfg.model.kind].load_from_checkpoint(checkpoint, map_location="cpu",
                                                             uncovered=cfg.model.uncovered)
     else:
@@ -58,9 +60,12 @@ def eval_cell(cfg: DictConfig) -> dict:
     trainer = build_trainer(cfg, directory / "eval", checkpoints=False)
     start = time.perf_counter()
     trainer.test(model, datamodule=datamodule, verbose=False)
-    metrics = {**model.test_results, **training_record(cfg, directory), **run_record(cfg, trainer.world_size),
-               "class_names": class_names(cfg.dataset), "eval_seconds": round(time.perf_counter() - start, 1),
-               "checkpoint": str(checkpoint) if model.trainable else None, **data_report(datamodule, cfg)}
+    record = {**run_record(cfg, trainer.world_size), "eval_seconds": round(time.perf_counter() - start, 1)}
+    kept = {"training": training, **{k: training.get(k) for k in ("train_seconds", "epochs")}} if training else {}
+    metrics = {**model.test_results, **record, "class_names": class_names(cfg.dataset),
+               "checkpoint": str(checkpoint.relative_to(directory)) if trainable else None,
+               **data_report(datamodule, cfg), **kept,
+               "eval": {k: record[k] for k in ("config_hash", "world_size", "hardware", "finished_at", "eval_seconds")}}
     if trainer.is_global_zero:
         write_json(directory / "metrics.json", metrics)
         save_config(cfg, directory / "eval" / "config.yaml")
@@ -70,15 +75,13 @@ def eval_cell(cfg: DictConfig) -> dict:
 
 
 def training_record(cfg: DictConfig, directory: Path) -> dict:
-    """What train.py recorded about the training run (time, epochs), if it trained this config."""
-    path = directory / "metrics.json"
-    previous = json.loads(path.read_text()) if path.is_file() else {}
-    if previous.get("config_hash") != config_hash(cfg):
-        if previous:
-            log.warning("%s: the checkpoint was trained with config %s, scored now with %s", cfg.cell,
-                        previous.get("config_hash"), config_hash(cfg))
-        return {}
-    return {k: previous[k] for k in ("train_seconds", "epochs") if k in previous}
+    """The cell's training record, kept as it is in the metrics.json eval.py rewrites; a warning when
+    the checkpoint was trained with another config than the one scoring it."""
+    training = training_of(read_metrics(directory)) or {}
+    if training.get("config_hash") not in (None, config_hash(cfg)) and rank_zero_only.rank == 0:
+        log.warning("%s: the checkpoint was trained with config %s, scored now with %s", cfg.cell,
+                    training["config_hash"], config_hash(cfg))
+    return training
 
 
 def evaluate(cfg: DictConfig) -> dict[str, dict]:

@@ -2,10 +2,13 @@
 
     python train.py experiment=quickstart [key=value ...]
 
-Each cell's run directory, results/<experiment>/<row>/<column>/, receives config.yaml,
-checkpoints/last.ckpt (one per epoch: a killed run resumes there), logs/ and metrics.json.
-A cell whose metrics.json records the same config hash is finished and is skipped (rerun=true).
-At the end the experiment table (results/<experiment>/table.{md,csv,tex}) is rendered as it stands.
+Each cell's run directory, results/<experiment>/<row>/<column>/, receives config.yaml, run.json,
+checkpoints/last.ckpt and previous.ckpt (every epoch end, and every checkpoint.every_n_steps steps or
+checkpoint.every_minutes minutes: a killed run resumes there and ends as an uninterrupted one would,
+bench/checkpoints.py), logs/ and metrics.json (the scores and the training record).
+A cell whose metrics.json records the same config hash is finished and is skipped; rerun=true and
+resume=false move its run aside and train afresh. At the end the experiment table
+(results/<experiment>/table.{md,csv,tex}) is rendered as it stands.
 """
 from __future__ import annotations
 
@@ -18,8 +21,8 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 
 from bench.config import cell_configs, load_config, save_config, table_rows
-from bench.runs import (build_datamodule, build_model, build_trainer, check_resumable, check_shards, data_report,
-                        finished_metrics, run_dir, run_record, summarize, write_json, write_run_file)
+from bench.runs import (build_datamodule, build_model, build_trainer, check_shards, data_report, finished_metrics,
+                        prepare_run, run_dir, run_record, summarize, training_record, write_json, write_run_file)
 from bench.tables import write_tables
 from datamodules.datasets import class_names
 
@@ -27,8 +30,8 @@ log = logging.getLogger("regionbench.train")
 
 
 def train_cell(cfg: DictConfig) -> dict:
-    """Fit one cell's model and return its val metrics (also written to metrics.json). A cell already
-    finished with the same config hash is not recomputed (rerun=true forces it)."""
+    """Fit one cell's model (or resume its killed run) and return its val metrics (also written to
+    metrics.json). A cell already finished with the same config hash is not recomputed (rerun=true forces it)."""
     directory = run_dir(cfg)
     done = None if cfg.rerun else finished_metrics(cfg, directory)
     if done is not None:
@@ -40,20 +43,20 @@ def train_cell(cfg: DictConfig) -> dict:
     check_shards(cfg, datamodule, cfg.dataset.train_split)
     manifest = check_shards(cfg, datamodule, cfg.dataset.val_split)
     model = build_model(cfg, manifest)
-    last = check_resumable(cfg, directory)
     trainer = build_trainer(cfg, directory)
+    resume_from = prepare_run(cfg, directory)
     if trainer.is_global_zero:
         save_config(cfg, directory / "config.yaml")
         write_run_file(cfg, directory)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume_from)
     start = time.perf_counter()
-    trainer.fit(model, datamodule=datamodule, ckpt_path=str(last) if last else None)
-    train_seconds = time.perf_counter() - start
     model.expected_test_images = manifest["num_samples"]
     trainer.test(model, datamodule=datamodule, verbose=False)
+    training = training_record(cfg, trainer, directory, time.perf_counter() - start)
     metrics = {**model.test_results, **run_record(cfg, trainer.world_size), "class_names": class_names(cfg.dataset),
-               "train_seconds": round(train_seconds, 1),
-               "eval_seconds": round(time.perf_counter() - start - train_seconds, 1),
-               "epochs": trainer.current_epoch, **data_report(datamodule, cfg)}
+               "train_seconds": training["train_seconds"], "eval_seconds": training["eval_seconds"],
+               "epochs": training["epochs"], "checkpoint": training["checkpoint"], "training": training,
+               **data_report(datamodule, cfg)}
     if trainer.is_global_zero:
         write_json(directory / "metrics.json", metrics)
     log.info("%s: %s", cfg.cell, summarize(metrics, metrics["class_names"]))

@@ -5,7 +5,9 @@
 Reads every ``<results_root>/<experiment>/<row>/<column>/metrics.json`` and writes
 ``<results_root>/leaderboard.md`` (one table per dataset, best first by ``leaderboard.sort``) and
 ``leaderboard.csv`` (every entry, unrounded, for any other sorting). Each entry carries its config
-hash (the same hash means the same computation), dataset, date, hardware and wall time.
+hash (the same hash means the same computation), dataset, and the date, hardware and wall time
+(training + its test) of the training run, from metrics.json's training record: a later
+re-scoring by eval.py (say under DDP) changes none of them.
 """
 from __future__ import annotations
 
@@ -34,12 +36,14 @@ def collect_results(results_root: Path) -> list[dict]:
         experiment, row, col = path.parts[-4:-1]
         entry = {"experiment": experiment, "cell": f"{row}/{col}", "path": str(path)}
         entry.update({m: metrics[m] for m in METRICS if isinstance(metrics.get(m), (int, float))})
-        entry.update({f: metrics.get(f) for f in RUN_FIELDS[:-1]})
+        run = metrics.get("training") or metrics  # the training run, not a later re-scoring (eval.py)
+        entry.update({"config_hash": metrics.get("config_hash"), "dataset": metrics.get("dataset"),
+                      "finished_at": run.get("finished_at"), "hardware": run.get("hardware")})
         if entry["dataset"] is None and (path.parent / "config.yaml").is_file():  # results older than run records
             entry["dataset"] = OmegaConf.load(path.parent / "config.yaml").dataset.name
         if entry["finished_at"] is None:
             entry["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(path.stat().st_mtime))
-        wall = [metrics[k] for k in ("train_seconds", "eval_seconds") if isinstance(metrics.get(k), (int, float))]
+        wall = [run[k] for k in ("train_seconds", "eval_seconds") if isinstance(run.get(k), (int, float))]
         entry["wall_seconds"] = sum(wall) if wall else None
         entries.append(entry)
     return entries

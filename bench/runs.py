@@ -12,9 +12,12 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+from bench.checkpoints import (LAST, PREVIOUS, AtomicCheckpointIO, ReplayLoader, RunCheckpoints, damage, move_aside,
+                               read_checkpoint, remove_stale_writes, resume_point, sha256, usable_checkpoint)
 from bench.config import config_hash
-from bench.shards import ShardError, load_manifest
+from bench.shards import ShardError
 from datamodules.region_shards import RegionShardDataModule
 from models.segmenter import MODELS, training_unit
 
@@ -42,10 +45,23 @@ def run_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.results_root) / str(cfg.experiment or "adhoc") / cell
 
 
+class ResumableShards(RegionShardDataModule):
+    """The shard datamodule whose training loader a killed run resumes mid-epoch, exactly
+    (bench.checkpoints.ReplayLoader)."""
+
+    def train_dataloader(self) -> ReplayLoader:
+        _, world = self._rank_world()
+        return ReplayLoader(super().train_dataloader(), self.current_epoch,
+                            layout={"world_size": world, "num_workers": self.num_workers})
+
+    def current_epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
+
+
 def build_datamodule(cfg: DictConfig) -> RegionShardDataModule:
-    return RegionShardDataModule(shard_dir=cfg.extract.shard_dir, train_split=cfg.dataset.train_split,
-                                 val_split=cfg.dataset.val_split, seed=cfg.seed,
-                                 train_unit=training_unit(cfg.model.kind, cfg.model.decoder), **cfg.data)
+    return ResumableShards(shard_dir=cfg.extract.shard_dir, train_split=cfg.dataset.train_split,
+                           val_split=cfg.dataset.val_split, seed=cfg.seed,
+                           train_unit=training_unit(cfg.model.kind, cfg.model.decoder), **cfg.data)
 
 
 def check_shards(cfg: DictConfig, datamodule: RegionShardDataModule, split: str) -> dict:
@@ -94,13 +110,17 @@ def build_logger(cfg: DictConfig, directory: Path):
 
 
 def build_trainer(cfg: DictConfig, directory: Path, checkpoints: bool = True) -> pl.Trainer:
+    """``pl.Trainer(**cfg.trainer)``; with ``checkpoints``, RunCheckpoints writes ``directory/checkpoints/``
+    atomically (Lightning's own checkpointing is off: it writes only at the end, non-atomically)."""
     _quiet_lightning()
+    args = {**OmegaConf.to_container(cfg.trainer, resolve=True), "enable_checkpointing": False}
     callbacks = []
     if checkpoints:
-        callbacks.append(pl.callbacks.ModelCheckpoint(dirpath=directory / "checkpoints", save_last=True,
-                                                      save_top_k=0, every_n_epochs=1))
-    return pl.Trainer(**cfg.trainer, logger=build_logger(cfg, directory), callbacks=callbacks,
-                      default_root_dir=directory)
+        callbacks.append(RunCheckpoints(directory / "checkpoints", cfg.seed,
+                                        every_n_steps=cfg.checkpoint.every_n_steps or None,
+                                        every_minutes=cfg.checkpoint.every_minutes or None))
+        args.setdefault("plugins", []).append(AtomicCheckpointIO())
+    return pl.Trainer(**args, logger=build_logger(cfg, directory), callbacks=callbacks, default_root_dir=directory)
 
 
 def data_report(datamodule: RegionShardDataModule, cfg: DictConfig) -> dict:
@@ -149,43 +169,150 @@ def hardware(world_size: int = 1) -> str:
 
 
 def run_record(cfg: DictConfig, world_size: int) -> dict:
-    """What every metrics.json says about the run itself (the leaderboard's columns)."""
+    """What every metrics.json says about the run that scored it (the leaderboard's columns)."""
     return {"experiment": cfg.experiment, "cell": cfg.cell, "config_hash": config_hash(cfg),
             "dataset": cfg.dataset.name, "task": "segmentation", "world_size": world_size,
             "hardware": hardware(world_size), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 
-def finished_metrics(cfg: DictConfig, directory: Path) -> dict | None:
-    """The cell's metrics.json if it holds a finished training run of this very config."""
+def training_record(cfg: DictConfig, trainer: pl.Trainer, directory: Path, test_seconds: float) -> dict:
+    """metrics.json's ``training``: what train.py trained (config, the checkpoint by name and sha256,
+    epochs, steps), how (devices, hardware) and how long: ``train_seconds`` sums the processes whose
+    progress was checkpointed, ``resumed`` lists where a killed run was picked up."""
+    callback = next(c for c in trainer.callbacks if isinstance(c, RunCheckpoints))
+    checkpoint = directory / "checkpoints" / LAST
+    return {"config_hash": config_hash(cfg), "checkpoint": f"checkpoints/{LAST}",
+            "checkpoint_sha256": sha256(checkpoint), "epochs": trainer.current_epoch, "global_step": trainer.global_step,
+            "train_seconds": round(callback.train_seconds, 1), "eval_seconds": round(test_seconds, 1),
+            "world_size": trainer.world_size, "hardware": hardware(trainer.world_size),
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "resumed": callback.resumed}
+
+
+def read_metrics(directory: Path) -> dict | None:
     path = directory / "metrics.json"
-    if not path.is_file():
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def training_of(metrics: dict | None) -> dict | None:
+    """The training record of a metrics.json (results written before records existed: rebuilt from
+    their top level, without a checksum), or None when train.py has not finished this cell."""
+    if not metrics:
         return None
-    metrics = json.loads(path.read_text())
-    return metrics if metrics.get("config_hash") == config_hash(cfg) and "train_seconds" in metrics else None
+    if "training" in metrics:
+        return metrics["training"]
+    if "train_seconds" not in metrics:
+        return None
+    return {"config_hash": metrics.get("config_hash"), "checkpoint": f"checkpoints/{LAST}",
+            **{k: metrics.get(k) for k in ("epochs", "train_seconds", "eval_seconds", "world_size", "hardware",
+                                           "finished_at")}}
+
+
+def finished_metrics(cfg: DictConfig, directory: Path) -> dict | None:
+    """The cell's metrics.json if it holds a finished training run of this very config, scored with this
+    config, and the checkpoint it names is still there, unchanged (sha256)."""
+    metrics = read_metrics(directory)
+    record, ours = training_of(metrics), config_hash(cfg)
+    if record is None or record["config_hash"] != ours or metrics.get("config_hash") != ours:
+        return None
+    checkpoint = directory / record["checkpoint"]
+    if not checkpoint.is_file() or record.get("checkpoint_sha256") not in (None, sha256(checkpoint)):
+        return None  # lost, damaged, or overwritten by a later run (which prepare_run then judges)
+    return metrics
+
+
+def recorded_checkpoint(cfg: DictConfig, directory: Path) -> Path:
+    """The checkpoint the cell's training record names, checked to be intact and to be that very file
+    (sha256); otherwise an error saying what to run. A damaged file is moved aside first."""
+    fix = f"python train.py experiment={cfg.experiment} cell={cfg.cell}"
+    record = training_of(read_metrics(directory))
+    if record is None:
+        raise FileNotFoundError(f"cell {cfg.cell} has no checkpoint of a finished training run in {directory}: "
+                                f"run {fix}")
+    path = directory / record["checkpoint"]
+    if not path.is_file():
+        raise FileNotFoundError(f"cell {cfg.cell} has no checkpoint at {path}, which its metrics.json names: "
+                                f"run {fix}")
+    problem = damage(path)
+    if problem is not None:
+        aside = move_aside(path, problem) if rank_zero_only.rank == 0 else path
+        raise RuntimeError(f"checkpoint {path} is damaged ({problem}); moved to {aside}. Run {fix}: it resumes "
+                           "from the last intact checkpoint and scores the cell again")
+    if record.get("checkpoint_sha256") not in (None, sha256(path)):
+        epoch, step, _ = resume_point(read_checkpoint(path))
+        raise RuntimeError(
+            f"{path} is not the checkpoint this cell's result was computed from: metrics.json records "
+            f"{record['epochs']} epochs, step {record['global_step']}, sha256 {record['checkpoint_sha256'][:12]}…; "
+            f"the file holds a state at epoch {epoch}, step {step} (a later training run of this cell, interrupted?). "
+            f"Run {fix}: it brings checkpoint and result back to this config")
+    return path
 
 
 # Settings a run may change and still continue from its checkpoint (train longer).
 RESUMABLE_CHANGES = ("trainer.max_epochs",)
 
 
-def check_resumable(cfg: DictConfig, directory: Path) -> Path | None:
-    """The checkpoint to resume from, if any. A run directory trained with another config is never
-    resumed: it is moved aside to ``<cell dir>@<its hash>`` (nothing is deleted) and the cell starts afresh."""
-    last = directory / "checkpoints" / "last.ckpt"
-    if not (cfg.resume and last.is_file()):
-        return None
-    saved = directory / "run.json"
-    theirs = json.loads(saved.read_text()).get("resume_hash") if saved.is_file() else None
-    if theirs == config_hash(cfg, RESUMABLE_CHANGES):
-        return last
+def set_aside(directory: Path, theirs: str | None) -> Path:
+    """Rename a run directory to ``<name>@<its hash>[.n]`` (nothing is deleted); returns the new path."""
     aside = directory.with_name(f"{directory.name}@{theirs or 'unknown'}")
     n = 1
     while aside.exists():
         aside, n = directory.with_name(f"{directory.name}@{theirs or 'unknown'}.{n}"), n + 1
     directory.rename(aside)
-    log.warning("%s holds a run of another config (%s); moved to %s, training %s afresh", directory, theirs,
-                aside, cfg.cell)
+    return aside
+
+
+def _not_resumed(cfg: DictConfig, theirs: str | None) -> str | None:
+    """Why the run in a cell's directory (resume hash ``theirs``) must not be continued, or None."""
+    if cfg.rerun:
+        return "rerun=true"
+    if not cfg.resume:
+        return "resume=false"
+    if theirs != config_hash(cfg, RESUMABLE_CHANGES):
+        return f"it holds a run of another config ({theirs})"
     return None
+
+
+def prepare_run(cfg: DictConfig, directory: Path) -> Path | None:
+    """The checkpoint this cell's training resumes from, or None to train afresh.
+
+    The cell's previous run is moved aside to ``<column>@<its hash>`` (nothing is deleted) and the cell
+    trains afresh when ``rerun=true``, when ``resume=false``, when the run is of another config (a changed
+    ``trainer.max_epochs`` excepted: training longer is a resume) or went past ``trainer.max_epochs``.
+    Otherwise the newest intact checkpoint is resumed (damaged ones are moved aside, ``usable_checkpoint``).
+    Only rank 0 moves files; under DDP the other ranks start after it and find what it left."""
+    leader = rank_zero_only.rank == 0
+    saved = directory / "run.json"
+    theirs = json.loads(saved.read_text()).get("resume_hash") if saved.is_file() else None
+    reason = _not_resumed(cfg, theirs)
+    if reason is not None:
+        if leader and ((directory / "checkpoints").is_dir() or (directory / "metrics.json").is_file()):
+            aside = set_aside(directory, theirs)
+            log.warning("%s: %s; the previous run was moved to %s, training %s afresh", directory, reason, aside,
+                        cfg.cell)
+        return None
+    checkpoints, path, damaged = directory / "checkpoints", None, 0
+    if checkpoints.is_dir() and leader:
+        remove_stale_writes(checkpoints)
+        path, damaged = usable_checkpoint(checkpoints)
+    elif checkpoints.is_dir():
+        path = next((checkpoints / n for n in (LAST, PREVIOUS) if (checkpoints / n).is_file()), None)
+    if path is None:
+        if leader and damaged:
+            log.warning("no usable checkpoint left: training %s from scratch", cfg.cell)
+        elif leader and saved.is_file():
+            log.info("%s: its earlier run left no checkpoint (killed in its first epoch?): training from scratch",
+                     cfg.cell)
+        return None
+    epoch, step, batches = resume_point(read_checkpoint(path))
+    if epoch + (batches > 0) > cfg.trainer.max_epochs:
+        if leader:
+            aside = set_aside(directory, theirs)
+            log.warning("%s went past trainer.max_epochs=%d (epoch %d, step %d); moved to %s, training %s afresh",
+                        directory, cfg.trainer.max_epochs, epoch, step, aside, cfg.cell)
+        return None
+    if leader:
+        log.info("resuming %s from epoch %d, step %d (%s)", cfg.cell, epoch, step, path)
+    return path
 
 
 def write_run_file(cfg: DictConfig, directory: Path) -> None:

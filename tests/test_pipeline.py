@@ -69,29 +69,65 @@ def test_resume_continues_from_the_last_checkpoint(tiny_root, trained):
 
 
 def eval_confusion(root: Path, devices: int, tmp: Path) -> dict:
+    """``eval.py`` on a copy of the trained cells, in this process (1 device) or as the README's DDP
+    command (2): {cell: metrics.json, "printed": its result lines, "stderr": the DDP run's log}."""
+    import contextlib
+    import io
+    import shutil
+
+    from bench.config import load_config
+    from eval import evaluate
+
     results = tmp / f"results_{devices}"
     args = [sys.executable, "eval.py", "experiment=quickstart", *tiny_overrides(root),
             f"paths.results_root={results}", "trainer.accelerator=cpu", f"trainer.devices={devices}",
             "trainer.strategy=" + ("ddp" if devices > 1 else "auto")]
-    # eval reads checkpoints from the results root: give each run a copy of the trained cells
-    import shutil
-
-    shutil.copytree(root / "results", results)
-    out = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    table = [line for line in out.stdout.splitlines() if line.startswith(("patch_linear/", "region_linear/"))]
+    shutil.copytree(root / "results", results)  # eval.py writes metrics.json beside the checkpoints
+    if devices == 1:
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            evaluate(load_config(args[2:]))
+        stdout, stderr = printed.getvalue(), ""
+    else:
+        out = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        stdout, stderr = out.stdout, out.stderr
+    table = [line for line in stdout.splitlines() if line.startswith(("patch_linear/", "region_linear/"))]
     return {cell: json.loads((results / "quickstart" / cell / "metrics.json").read_text())
-            for cell in ("patch_linear/minivoc", "region_linear/minivoc")} | {"printed": table}
+            for cell in ("patch_linear/minivoc", "region_linear/minivoc")} | {"printed": table, "stderr": stderr}
 
 
-def test_two_rank_ddp_eval_equals_one_rank(tiny_root, trained, tmp_path):
+def test_two_rank_ddp_eval_equals_one_rank_and_keeps_the_training_record(tiny_root, trained, tmp_path, caplog):
+    """The README's DDP command: the same numbers and config hash; the training record (time, epochs,
+    hardware) survives the re-scoring, train.py does not re-test, the leaderboard shows the training's
+    wall time. Before: another hash, train_seconds dropped, a warning on each rank, a re-test."""
+    from bench.leaderboard import collect_results
+    from train import train
+
+    cells = ("patch_linear/minivoc", "region_linear/minivoc")
+    cfg = tiny_config(tiny_root)
+    trained_now = {cell: json.loads((run_dir(cell_config(cfg, cell)) / "metrics.json").read_text()) for cell in cells}
     one = eval_confusion(tiny_root, 1, tmp_path)
     two = eval_confusion(tiny_root, 2, tmp_path)
-    for cell in ("patch_linear/minivoc", "region_linear/minivoc"):
+    for cell in cells:
         assert two[cell]["world_size"] == 2 and one[cell]["world_size"] == 1
-        assert two[cell]["confusion"] == one[cell]["confusion"]
+        assert two[cell]["confusion"] == one[cell]["confusion"] == trained_now[cell]["confusion"]
         assert two[cell]["num_images"] == one[cell]["num_images"] == 6
+        assert two[cell]["training"] == trained_now[cell]["training"] and two[cell]["eval"]["world_size"] == 2
     assert one["printed"] == two["printed"] and len(one["printed"]) == 2
+    patch = cells[0]
+    assert two[patch]["config_hash"] == trained_now[patch]["config_hash"]  # devices and strategy are not hashed
+    # a cell trained further by test_resume_continues_from_the_last_checkpoint (3 epochs), scored with 2,
+    # is warned about once (rank 0), the others not at all
+    other = [c for c in cells if trained_now[c]["training"]["config_hash"] != two[c]["config_hash"]]
+    assert two["stderr"].count("was trained with config") == len(other) and f"{patch}: the" not in two["stderr"]
+    caplog.set_level("INFO", logger="regionbench.train")
+    again = train(tiny_config(tiny_root, f"paths.results_root={tmp_path / 'results_2'}", f"cell={patch}"))
+    assert "not recomputed" in caplog.text and again[patch]["eval"] == two[patch]["eval"]
+    for entry in collect_results(tmp_path / "results_2"):
+        training = trained_now[entry["cell"]]["training"]
+        assert entry["wall_seconds"] == pytest.approx(training["train_seconds"] + training["eval_seconds"])
+        assert entry["hardware"] == training["hardware"] and entry["finished_at"] == training["finished_at"]
 
 
 def test_corrupt_jpeg_is_counted_and_named_without_losing_other_images(tmp_path):
