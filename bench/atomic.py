@@ -42,19 +42,40 @@ def tmp_path(path: Path) -> Path:
     return path.with_name(f"{path.stem}.{HOST}-{os.getpid()}{path.suffix}.tmp")
 
 
-def write_atomic(path: Path, data: bytes, fsync: bool = False) -> None:
-    """Write ``data`` to ``path`` through this process's temporary file and one rename."""
+@contextmanager
+def atomic_file(path: Path, fsync: bool = False, previous: Path | None = None) -> Iterator:
+    """Open this process's temporary sibling of ``path`` for binary writing; when the block ends
+    without an exception, rename it over ``path`` (an exception removes it instead).
+
+    ``fsync=True`` forces the bytes to disk before the rename and the directory entry after it.
+    With ``previous``, an existing ``path`` is first renamed to ``previous`` (checkpoints keep the
+    state they replace; between the two renames only ``previous`` exists, so readers try both).
+    """
     tmp = tmp_path(path)
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            yield f
             if fsync:
                 f.flush()
                 os.fsync(f.fileno())
+        if previous is not None and path.exists():
+            os.replace(path, previous)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    if fsync:
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the renames themselves reach the disk
+        finally:
+            os.close(directory)
+
+
+def write_atomic(path: Path, data: bytes | memoryview, fsync: bool = False, previous: Path | None = None) -> None:
+    """Write ``data`` to ``path`` through ``atomic_file``."""
+    with atomic_file(path, fsync=fsync, previous=previous) as f:
+        f.write(data)
 
 
 def seal(payload: bytes) -> bytes:

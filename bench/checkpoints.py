@@ -39,7 +39,7 @@ import pytorch_lightning as pl
 import torch
 from lightning_fabric.plugins import TorchCheckpointIO
 
-from bench.atomic import remove_orphans, tmp_path
+from bench.atomic import remove_orphans, write_atomic
 
 log = logging.getLogger("regionbench")
 
@@ -50,24 +50,11 @@ LAST, PREVIOUS = "last.ckpt", "previous.ckpt"
 
 
 def write_rotating(path: Path, data: bytes | memoryview, previous: Path | None = None) -> None:
-    """Write ``data`` to ``path`` so that a reader (or a kill) never sees a partial file: this process's
-    temporary sibling (``bench.atomic.tmp_path``), fsynced, then renamed. With ``previous``, an existing
-    ``path`` is first renamed to ``previous`` (between the two renames only ``previous`` exists: readers
-    try both). The directory is fsynced too, so the renames reach the disk."""
+    """Write ``data`` to ``path`` so that a reader (or a kill) never sees a partial file
+    (``bench.atomic.atomic_file``: temporary sibling, fsync, rename, directory fsync). With
+    ``previous``, an existing ``path`` is first renamed to ``previous``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tmp_path(path)
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    if previous is not None and path.exists():
-        os.replace(path, previous)
-    os.replace(tmp, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # the renames themselves reach the disk
-    finally:
-        os.close(directory)
+    write_atomic(path, data, fsync=True, previous=previous)
 
 
 def sha256(path: Path) -> str:
