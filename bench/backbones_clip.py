@@ -42,6 +42,7 @@ from open_clip.transformer import QuickGELU, ResidualAttentionBlock, VisionTrans
 
 from bench.padding import center_pad_amounts
 from bench.images import to_rgb8
+from bench.weights import read_checkpoint, state_dict_diff
 
 
 class ClipSpec(NamedTuple):
@@ -118,15 +119,8 @@ def read_visual_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         with warnings.catch_warnings():  # torch.jit is deprecated, but it is OpenAI's format
             warnings.simplefilter("ignore", FutureWarning)
             state = torch.jit.load(str(path), map_location="cpu").state_dict()
-    elif path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        state = load_file(str(path))
     else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as error:
-            raise ValueError(f"cannot read {path} as a TorchScript archive or weights-only torch "
-                             f"checkpoint: {error}") from error
+        state = read_checkpoint(path, also="TorchScript archive or ")
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = {re.sub(r"^module\.", "", k): v for k, v in state["state_dict"].items()}
     if not isinstance(state, dict):
@@ -197,13 +191,8 @@ def load_clip_backbone(name: str, checkpoint: str | Path, device: str = "cpu", t
     expected = {k: tuple(v.shape) for k, v in visual.state_dict().items()}
     given = {k: tuple(v.shape) for k, v in state.items()}
     if expected != given:
-        missing, unexpected = sorted(expected.keys() - given.keys()), sorted(given.keys() - expected.keys())
-        reshaped = [f"{k} {given[k]} vs {expected[k]}" for k in sorted(expected.keys() & given.keys())
-                    if given[k] != expected[k]]
         raise ValueError(f"checkpoint {path.name} looks like {found.describe()} but does not match open_clip's "
-                         f"VisionTransformer: missing visual.{missing[:5]} ({len(missing)}), unexpected "
-                         f"visual.{unexpected[:5]} ({len(unexpected)}), shape differs (file vs model) "
-                         f"{reshaped[:5]} ({len(reshaped)})")
+                         f"VisionTransformer: {state_dict_diff(expected, given, prefix='visual.')}")
     visual.load_state_dict(state, strict=True)
     visual = visual.to(device).eval().requires_grad_(False)
     cls = MaskClipBackbone if maskclip else ClipBackbone

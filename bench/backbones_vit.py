@@ -59,6 +59,7 @@ from timm.models.vision_transformer import VisionTransformer, _convert_dinov2
 
 from bench.padding import center_pad_amounts
 from bench.images import to_rgb8
+from bench.weights import read_checkpoint, state_dict_diff
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -242,13 +243,7 @@ def _shapes(state: dict[str, torch.Tensor]) -> dict[str, tuple]:
 
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-        return load_file(str(path))
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"cannot read {path} as a weights-only torch checkpoint: {error}") from error
+    state = read_checkpoint(path)
     for wrapper in ("model", "state_dict"):  # training wrappers, as timm's filter unwraps them
         if isinstance(state, dict) and isinstance(state.get(wrapper), dict):
             state = state[wrapper]
@@ -306,9 +301,6 @@ def _matching_backbones(given: dict[str, tuple]) -> list[str]:
 
 
 def _mismatch(path: Path, name: str, tiny: bool, fmt: str, given: dict, expected: dict) -> str:
-    missing, unexpected = sorted(expected.keys() - given.keys()), sorted(given.keys() - expected.keys())
-    reshaped = [f"{key} {given[key]} vs {expected[key]}" for key in sorted(expected.keys() & given.keys())
-                if given[key] != expected[key]]
     matches = _matching_backbones(given)
     verdict = f"this is {' / '.join(matches)}" if matches else "no backbone of VIT_BACKBONES has this layout"
     row = _row(name)
@@ -316,8 +308,7 @@ def _mismatch(path: Path, name: str, tiny: bool, fmt: str, given: dict, expected
     return (f"checkpoint {path} does not fit backbone {want}, which needs "
             f"{_summary(describe_shapes(expected))}. "
             f"The file holds {fmt}: {_summary(describe_shapes(given))} — {verdict}. "
-            f"Missing {missing[:4]} ({len(missing)}), unexpected {unexpected[:4]} ({len(unexpected)}), "
-            f"shape differs (file vs model) {reshaped[:3]} ({len(reshaped)}). "
+            f"Keys: {state_dict_diff(expected, given, limit=4)}. "
             f"Use the file of {name} (official: {row.file}, from {row.published})"
             + (f" or choose backbone {matches[0].removeprefix('tiny ')}" if matches else ""))
 

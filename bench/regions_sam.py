@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from bench.images import records_to_masks, to_rgb8
+from bench.weights import read_checkpoint, state_dict_diff
 
 AMG_DEFAULTS = dict(
     points_per_side=32,                  # a 32x32 grid of point prompts, 3 masks per point
@@ -247,10 +248,7 @@ def _read_state_dict(path: Path, family: str, model_type: str) -> dict:
                  f"make a random-weight one with bench.regions_sam.save_random_checkpoint('{family}', "
                  f"'{model_type}', path)")
         raise FileNotFoundError(f"{FAMILY_LABELS[family]} {model_type} checkpoint not found: {path} — {where}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ValueError(f"cannot read {path} as a weights-only torch checkpoint: {error}") from error
+    state = read_checkpoint(path)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         keys = sorted(state)[:5] if isinstance(state, dict) else type(state).__name__
         raise ValueError(
@@ -282,13 +280,9 @@ def load_model(family: str, model_type: str, checkpoint: str | Path, device: str
     expected = {key: tuple(value.shape) for key, value in model.state_dict().items()}
     given = {key: tuple(value.shape) for key, value in state.items()}
     if expected != given:
-        missing, unexpected = sorted(expected.keys() - given.keys()), sorted(given.keys() - expected.keys())
-        reshaped = [f"{key} {given[key]} vs {expected[key]}" for key in sorted(expected.keys() & given.keys())
-                    if given[key] != expected[key]]
         raise ValueError(
             f"checkpoint {path.name} looks like {FAMILY_LABELS[family]} {model_type} but does not match its "
-            f"architecture: missing {missing[:5]} ({len(missing)}), unexpected {unexpected[:5]} "
-            f"({len(unexpected)}), shape differs (checkpoint vs model) {reshaped[:5]} ({len(reshaped)})")
+            f"architecture: {state_dict_diff(expected, given)}")
     model.load_state_dict(state, strict=True)
     # eval() after loading: TinyViT caches its attention biases (``ab``) when switched to eval,
     # and the builders switch before any weights exist.

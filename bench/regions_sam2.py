@@ -47,6 +47,7 @@ import numpy as np
 import torch
 
 from bench.images import records_to_masks, to_rgb8
+from bench.weights import read_checkpoint
 
 MODEL_TYPES = ("hiera_t", "hiera_s", "hiera_b+", "hiera_l")
 VERSIONS = ("2.1", "2.0")
@@ -162,10 +163,7 @@ def _check_checkpoint(path: Path, version: str, model_type: str) -> None:
     if not path.is_file():
         raise FileNotFoundError(f"SAM {version} {model_type} checkpoint not found: {path} — the official "
                                 f"file is {_official(version, model_type)}")
-    try:  # mmap: only the header and shapes are read here; build_sam2 loads the tensors
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:
-        raise ValueError(f"cannot read {path} as a weights-only torch checkpoint: {error}") from error
+    state = read_checkpoint(path, mmap=True)  # only the header and shapes are read here; build_sam2 loads tensors
     if not (isinstance(state, dict) and isinstance(state.get("model"), dict)):
         top = sorted(map(str, state))[:5] if isinstance(state, dict) else type(state).__name__
         raise ValueError(
