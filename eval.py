@@ -13,7 +13,6 @@ ADE20K predictions/<id>.png (L-mode, classes shifted back to 1..150, 0 where und
 """
 from __future__ import annotations
 
-import functools
 import logging
 import sys
 import time
@@ -25,44 +24,42 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from bench.config import cell_configs, config_hash, load_config, save_config, table_rows
 from bench.leaderboard import write_leaderboard
-from bench.runs import (build_datamodule, build_model, build_trainer, check_shards, data_report, read_metrics,
-                        recorded_checkpoint, run_dir, run_record, summarize, training_of, write_json)
+from bench.runs import (build_trainer, data_report, read_metrics, recorded_checkpoint, run_dir, run_record,
+                        training_of, write_json)
 from bench.tables import write_tables
-from bench.visualize import draw_predictions
-from datamodules.datasets import class_names, layout
-from models.segmenter import MODELS
+from bench.tasks import get_task
 
 log = logging.getLogger("regionbench.eval")
 
 
 def untrained(cfg: DictConfig) -> bool:
     """A trainable cell that train.py has not finished (no training record in its metrics.json)."""
-    return MODELS[cfg.model.kind].trainable and training_of(read_metrics(run_dir(cfg))) is None
+    return get_task(cfg.task).models()[cfg.model.kind].trainable and training_of(read_metrics(run_dir(cfg))) is None
 
 
 def eval_cell(cfg: DictConfig) -> dict:
+    task = get_task(cfg.task)
     directory = run_dir(cfg)
-    trainable = MODELS[cfg.model.kind].trainable
+    module = task.models()[cfg.model.kind]
+    trainable = module.trainable
     checkpoint = recorded_checkpoint(cfg, directory) if trainable else None
     training = training_record(cfg, directory) if trainable else {}
     pl.seed_everything(cfg.seed, verbose=False)
-    datamodule = build_datamodule(cfg)
-    manifest = check_shards(cfg, datamodule, cfg.dataset.val_split)
+    datamodule = task.build_datamodule(cfg)
+    manifest = task.check_data(cfg, datamodule, cfg.dataset.val_split)
     if trainable:
-        model = MODELS[cfg.model.kind].load_from_checkpoint(checkpoint, map_location="cpu",
-                                                            uncovered=cfg.model.uncovered)
+        model = module.load_from_checkpoint(checkpoint, map_location="cpu", uncovered=cfg.model.uncovered)
     else:
-        model = build_model(cfg, manifest)
+        model = task.build_model(cfg, manifest)
     model.expected_test_images = manifest["num_samples"]
     if cfg.save_predictions:
-        fmt = layout(cfg.dataset)
-        model.prediction_writer = functools.partial(fmt.save_prediction, directory / fmt.prediction_subdir)
+        model.prediction_writer = task.prediction_writer(cfg, directory)
     trainer = build_trainer(cfg, directory / "eval", checkpoints=False)
     start = time.perf_counter()
     trainer.test(model, datamodule=datamodule, verbose=False)
     record = {**run_record(cfg, trainer.world_size), "eval_seconds": round(time.perf_counter() - start, 1)}
     kept = {"training": training, **{k: training.get(k) for k in ("train_seconds", "epochs")}} if training else {}
-    metrics = {**model.test_results, **record, "class_names": class_names(cfg.dataset),
+    metrics = {**model.test_results, **record, **task.report(cfg),
                "checkpoint": str(checkpoint.relative_to(directory)) if trainable else None,
                **data_report(datamodule, cfg), **kept,
                "eval": {k: record[k] for k in ("config_hash", "world_size", "hardware", "finished_at", "eval_seconds")}}
@@ -70,7 +67,7 @@ def eval_cell(cfg: DictConfig) -> dict:
         write_json(directory / "metrics.json", metrics)
         save_config(cfg, directory / "eval" / "config.yaml")
         if cfg.pictures:
-            draw_predictions(cfg, model, cfg.pictures, Path(cfg.paths.results_root) / str(cfg.experiment or "adhoc"))
+            task.pictures(cfg, model, cfg.pictures, Path(cfg.paths.results_root) / str(cfg.experiment or "adhoc"))
     return metrics
 
 
@@ -86,9 +83,9 @@ def training_record(cfg: DictConfig, directory: Path) -> dict:
 
 def evaluate(cfg: DictConfig) -> dict[str, dict]:
     """Every selected cell; prints one line per cell and the table (rank 0)."""
-    if cfg.task == "retrieval":  # one-shot object retrieval: index + search + mAP, no checkpoints
-        from bench.retrieval import evaluate_retrieval
-        return evaluate_retrieval(cfg)
+    task = get_task(cfg.task)
+    if task.evaluate is not None:  # a task with an evaluator of its own (retrieval: index + search + mAP)
+        return task.evaluate(cfg)
     cells = cell_configs(cfg)
     explicit = cfg.cell and not any(c in str(cfg.cell) for c in "*?[")  # one named cell: missing is an error
     results = {}
@@ -99,7 +96,7 @@ def evaluate(cfg: DictConfig) -> dict[str, dict]:
         results[cell] = eval_cell(ccfg)
     if pl.utilities.rank_zero.rank_zero_only.rank == 0:
         for cell, metrics in results.items():
-            print(f"{cell}: {summarize(metrics, metrics['class_names'])}")
+            print(f"{cell}: {task.summary(metrics)}")
         if table_rows(cfg):
             out = Path(cfg.paths.results_root) / str(cfg.experiment)
             print(write_tables(cfg, run_dir, out))

@@ -21,10 +21,10 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 
 from bench.config import cell_configs, load_config, save_config, table_rows
-from bench.runs import (build_datamodule, build_model, build_trainer, check_shards, data_report, finished_metrics,
-                        prepare_run, run_dir, run_record, summarize, training_record, write_json, write_run_file)
+from bench.runs import (build_trainer, data_report, finished_metrics, prepare_run, run_dir, run_record,
+                        training_record, write_json, write_run_file)
 from bench.tables import write_tables
-from datamodules.datasets import class_names
+from bench.tasks import get_task
 
 log = logging.getLogger("regionbench.train")
 
@@ -38,11 +38,12 @@ def train_cell(cfg: DictConfig) -> dict:
         log.info("%s: finished before (config %s), not recomputed; rerun=true retrains it", cfg.cell,
                  done["config_hash"])
         return done
+    task = get_task(cfg.task)
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = build_datamodule(cfg)
-    check_shards(cfg, datamodule, cfg.dataset.train_split)
-    manifest = check_shards(cfg, datamodule, cfg.dataset.val_split)
-    model = build_model(cfg, manifest)
+    datamodule = task.build_datamodule(cfg)
+    task.check_data(cfg, datamodule, cfg.dataset.train_split)
+    manifest = task.check_data(cfg, datamodule, cfg.dataset.val_split)
+    model = task.build_model(cfg, manifest)
     trainer = build_trainer(cfg, directory)
     resume_from = prepare_run(cfg, directory)
     if trainer.is_global_zero:
@@ -53,19 +54,19 @@ def train_cell(cfg: DictConfig) -> dict:
     model.expected_test_images = manifest["num_samples"]
     trainer.test(model, datamodule=datamodule, verbose=False)
     training = training_record(cfg, trainer, directory, time.perf_counter() - start)
-    metrics = {**model.test_results, **run_record(cfg, trainer.world_size), "class_names": class_names(cfg.dataset),
+    metrics = {**model.test_results, **run_record(cfg, trainer.world_size), **task.report(cfg),
                "train_seconds": training["train_seconds"], "eval_seconds": training["eval_seconds"],
                "epochs": training["epochs"], "checkpoint": training["checkpoint"], "training": training,
                **data_report(datamodule, cfg)}
     if trainer.is_global_zero:
         write_json(directory / "metrics.json", metrics)
-    log.info("%s: %s", cfg.cell, summarize(metrics, metrics["class_names"]))
+    log.info("%s: %s", cfg.cell, task.summary(metrics))
     return metrics
 
 
 def train(cfg: DictConfig) -> dict[str, dict]:
     """Every selected cell; returns {cell: metrics}."""
-    if cfg.task != "segmentation":
+    if not get_task(cfg.task).trains:
         raise ValueError(f"experiment {cfg.experiment} is a {cfg.task} task: nothing to train; "
                          f"run python eval.py experiment={cfg.experiment}")
     results = {cell: train_cell(ccfg) for cell, ccfg in cell_configs(cfg).items()}

@@ -33,22 +33,26 @@ from bench.config import cell_configs, load_config
 from bench.config_checks import check_inputs
 from bench.images import to_rgb8
 from bench.feature_cache import FeatureCache
-from bench.labels import class_histogram
 from bench.mask_cache import MaskCache, content_key, mask_stats, run_source
 from bench.pooling import pool_regions
 from bench.rle import decode_rles, encode_rles  # noqa: F401  (re-exported)
 from bench.regions import build_regions
 from bench.sam_slic import SamSlicRegions
-from datamodules.datasets import dataset_items, layout, prepare_dataset, split_name
-from datamodules.voc import CorruptImageError, load_image_for_label
+from datamodules.datasets import prepare_dataset, split_name
+from datamodules.voc import CorruptImageError
 
 log = logging.getLogger("regionbench.extract")
 
 
 class Extractor:
-    """Builds one image's shard sample from a region source, a backbone and a pooling mode."""
+    """Builds one unit's shard sample from a region source, a backbone and a pooling mode; the task
+    (``bench.tasks``, default ``cfg.task``'s) reads the unit and adds its own members."""
 
-    def __init__(self, cfg: DictConfig):
+    def __init__(self, cfg: DictConfig, task=None):
+        if task is None:
+            from bench.tasks import get_task  # the shared stage never imports a task at module level
+            task = get_task(cfg.task)
+        self.task = task
         self.regions, self.cache = None, None
         source = cfg.regions.source
         if source != "none":
@@ -142,12 +146,13 @@ class Extractor:
         caches = [self.features, self.cache, getattr(self, "sam_cache", None)]
         return [path for cache in caches if cache is not None for path in cache.take_damaged()]
 
-    def sample(self, key: str, image: np.ndarray, label: np.ndarray) -> tuple[dict, dict]:
-        """(region statistics, the encoded shard sample) for one image."""
+    def sample(self, key: str, image: np.ndarray, label) -> tuple[dict, dict]:
+        """(region statistics, the encoded shard sample) for one unit: its image and its annotation
+        (``label``: what the task's ``load_unit`` returned, e.g. a label map), which only the task reads
+        (and a region source that needs it, ``gt``)."""
         rgb = to_rgb8(image)
         height, width = rgb.shape[:2]
-        if label.shape != (height, width):
-            raise ValueError(f"label of '{key}' is {label.shape} but its image is {(height, width)}")
+        self.task.check_unit(key, rgb, label)
         clock = [time.perf_counter()]  # stage boundaries: features, regions, pooling, encode
         image_key = content_key(key, rgb)  # the caches' key: this image's pixels, not only its name
         grid, features_cached, backbone_seconds = self.grid(key, rgb, image_key)  # (d, h, w)
@@ -169,12 +174,11 @@ class Extractor:
                 "pad": [(h * p - height) // 2, (w * p - width) // 2],
                 # timings stay out of the tar (in the shard entry) so shard bytes are reproducible
                 "regions": stats["regions"], "coverage": stats["coverage"]}
+        members, extra_meta = self.task.unit_members(self, key, masks, label)
         sample = shards.encode_sample(
             key, feats=feats, rles=encode_rles(masks) if len(masks) else [],
-            areas=masks.sum(axis=(1, 2)),
-            hist=class_histogram(masks, label, self.num_classes, self.ignore_index)
-            if len(masks) else np.zeros((0, self.num_classes + 1), np.int32),
-            label=label, meta=meta, patches=grid.numpy() if self.patches else None)
+            areas=masks.sum(axis=(1, 2)), meta={**meta, **extra_meta},
+            patches=grid.numpy() if self.patches else None, members=members)
         clock.append(time.perf_counter())
         stats["stage_seconds"] = dict(zip(("features", "regions", "pooling", "encode"), np.diff(clock).tolist()))
         return stats, sample
@@ -182,13 +186,20 @@ class Extractor:
 
 def process_split(cfg: DictConfig, extractor: Extractor, split: str, index: int, count: int) -> dict | None:
     """Write this process's shards of one split; merge the manifest if all shards exist."""
-    items = dataset_items(cfg.dataset, split)
-    load_label = layout(cfg.dataset).load_label
+    items = extractor.task.units(cfg.dataset, split)
+    load = extractor.task.load_unit(cfg)
     for item in items:
         shards.check_key(item.id)
     plan = shards.plan_shards([item.id for item in items], cfg.extract.samples_per_shard)
     by_id = {item.id: item for item in items}
     split_dir = Path(cfg.extract.shard_dir) / split_name(split)  # a list file's path: its own folder name
+    members = sorted({*shards.COMMON, *extractor.task.members})
+    if (split_dir / "manifest.json").is_file():  # another task's samples are not this task's shards
+        held = sorted(shards.manifest_members(shards.load_json(split_dir / "manifest.json")))
+        if held != members:
+            raise shards.ShardError(f"{split_dir} holds shards whose samples hold {', '.join(held)}, not the "
+                                    f"{', '.join(members)} of task {extractor.task.name}: set extract.shard_dir "
+                                    "to another directory or delete this one")
     split_dir.mkdir(parents=True, exist_ok=True)
     mine = shards.my_shards(len(plan), index, count)
     known = {}  # shard name -> sha256 of the tar, verified or written by this process in this run
@@ -218,9 +229,8 @@ def process_split(cfg: DictConfig, extractor: Extractor, split: str, index: int,
             for key in ids:
                 item = by_id[key]
                 start = time.perf_counter()
-                label = load_label(item.label_path)
                 try:
-                    image = load_image_for_label(item.image_path, label.shape)
+                    image, label = load(item)
                 except CorruptImageError as err:
                     log.warning("skipping unreadable image %s: %s", item.image_path, err)
                     skipped.append({"id": key, "path": str(item.image_path), "reason": str(err)})
@@ -252,6 +262,8 @@ def process_split(cfg: DictConfig, extractor: Extractor, split: str, index: int,
     bar.close()
     info = {
         "split": split,
+        "task": extractor.task.name,
+        "members": members,
         "feature_dim": extractor.embed_dim,
         "num_classes": cfg.dataset.num_classes,
         "has_patches": bool(cfg.extract.patches),
@@ -282,18 +294,24 @@ def process_index(cfg: DictConfig) -> tuple[int, int]:
     return 0, 1
 
 
-def extract(cfg: DictConfig) -> dict[str, dict]:
-    """Extract every shard set the selected cells need; returns {shard_dir/split: manifest}."""
+def extract(cfg: DictConfig) -> dict:
+    """Everything the selected cells need, as their task extracts it (``TASKS[cfg.task].extract``;
+    segmentation: ``extract_splits``); returns what the task returns ({shard_dir/split: manifest})."""
+    from bench.tasks import get_task  # the shared stage never imports a task at module level
+
     check_inputs(cfg)  # missing checkpoints or dataset root: an error before any file is written
-    if cfg.task == "retrieval":  # database shards of the val split + query vectors (bench/retrieval.py)
-        from bench.retrieval import extract_retrieval
-        return extract_retrieval(cfg)
+    return get_task(cfg.task).extract(cfg)
+
+
+def extract_splits(cfg: DictConfig, splits_of) -> dict[str, dict]:
+    """Region shards of the splits ``splits_of(cell config)`` names, for every selected cell (each
+    distinct ``extract.shard_dir``/split once); returns {shard_dir/split: manifest}."""
     index, count = process_index(cfg)
     done: dict[str, dict] = {}
     for ccfg in cell_configs(cfg).values():
         prepare_dataset(ccfg.dataset)
         extractor = None
-        for split in (ccfg.dataset.train_split, ccfg.dataset.val_split):
+        for split in splits_of(ccfg):
             where = f"{ccfg.extract.shard_dir}/{split}"
             if where in done:
                 continue

@@ -49,6 +49,7 @@ from tqdm import tqdm
 
 from bench import shards
 from bench.config import cell_configs, load_config, save_config
+from bench.extract import Extractor, process_index, process_split  # the shared stage; it never imports this task
 from bench.images import to_rgb8
 from bench.region_index import IndexParams, RegionIndex
 from bench.retrieval_metrics import PRECISION_K, average_precision, precision_at_k, summarize
@@ -137,8 +138,6 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 def extract_cell(cfg: DictConfig, index: int = 0, count: int = 1) -> dict:
     """Everything of one cell that needs the backbone: query vectors and database vectors."""
-    from bench.extract import Extractor, process_split
-
     prepare_dataset(cfg.dataset)
     queries, _ = prepare_queries(cfg)
     extractor = Extractor(cfg)
@@ -163,8 +162,6 @@ def extract_cell(cfg: DictConfig, index: int = 0, count: int = 1) -> dict:
 
 def extract_retrieval(cfg: DictConfig) -> dict[str, dict]:
     """``python -m bench.extract`` for a retrieval experiment: every selected cell."""
-    from bench.extract import process_index
-
     index, count = process_index(cfg)
     return {cell: extract_cell(ccfg, index, count) for cell, ccfg in cell_configs(cfg).items()}
 
@@ -261,7 +258,7 @@ def evaluate_cell(cfg: DictConfig) -> dict:
                           "ap": average_precision(row, relevant), "precision": precision_at_k(row, relevant)})
     metrics = {
         **summarize(per_query, positives, len(index.keys)),
-        **run_record(cfg, 1), "task": "retrieval", "method": method(cfg), "backbone": cfg.backbone.name,
+        **run_record(cfg, 1), "method": method(cfg), "backbone": cfg.backbone.name,
         "similarity": cfg.retrieval.similarity, "index": cfg.retrieval.index,
         "num_queries": len(per_query), "database_images": len(index.keys), "database_vectors": index.ntotal,
         "vectors_per_image": index.ntotal / max(1, len(index.keys)),
@@ -321,11 +318,9 @@ def evaluate_retrieval(cfg: DictConfig) -> dict[str, dict]:
 
 def main(argv: list[str] | None = None) -> dict[str, dict]:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = load_config(sys.argv[1:] if argv is None else argv)
-    if cfg.task != "retrieval":
-        raise ValueError(f"experiment {cfg.experiment} has task={cfg.task}; bench.retrieval runs task=retrieval")
-    extract_retrieval(cfg)
-    return evaluate_retrieval(cfg)
+    from bench.tasks.retrieval import run
+
+    return run(load_config(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":

@@ -58,9 +58,10 @@ class ResumableShards(RegionShardDataModule):
         return self.trainer.current_epoch if self.trainer is not None else 0
 
 
-def build_datamodule(cfg: DictConfig) -> RegionShardDataModule:
+def build_datamodule(cfg: DictConfig, members: tuple[str, ...] = ()) -> RegionShardDataModule:
+    """The region shard datamodule; ``members``: what its samples must hold beyond the common ones."""
     return ResumableShards(shard_dir=cfg.extract.shard_dir, train_split=cfg.dataset.train_split,
-                           val_split=cfg.dataset.val_split, seed=cfg.seed,
+                           val_split=cfg.dataset.val_split, seed=cfg.seed, members=tuple(members),
                            train_unit=training_unit(cfg.model.kind, cfg.model.decoder), **cfg.data)
 
 
@@ -171,7 +172,7 @@ def hardware(world_size: int = 1) -> str:
 def run_record(cfg: DictConfig, world_size: int) -> dict:
     """What every metrics.json says about the run that scored it (the leaderboard's columns)."""
     return {"experiment": cfg.experiment, "cell": cfg.cell, "config_hash": config_hash(cfg),
-            "dataset": cfg.dataset.name, "task": "segmentation", "world_size": world_size,
+            "dataset": cfg.dataset.name, "task": cfg.task, "world_size": world_size,
             "hardware": hardware(world_size), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 
 

@@ -7,17 +7,34 @@ A *shard set* is a directory of WebDataset tar files plus one ``manifest.json``:
     <shard_dir>/<split>/manifest.json         all entries merged, written when every shard exists
 
 Sample schema (the tar member extensions of one sample; ``R`` regions, ``d`` feature dim,
-``C`` classes, image ``H x W``, patch grid ``h x w``):
+``C`` classes, image ``H x W``, patch grid ``h x w``). A sample is one *extraction unit*: an
+image, or a frame of a scene or of a clip. Every sample holds the common region members:
 
-    __key__       image id (no '.': webdataset would split the key there and merge samples)
+    __key__       unit id (no '.': webdataset would split the key there and merge samples)
     feats.npy     (R, d) float16   pooled region features
     rle.json      list of R COCO RLEs {"size": [H, W], "counts": str}, the region masks
     areas.npy     (R,) int64       region pixel counts
+    meta.json     {"id", "height", "width", "patch_size", "grid": [h, w], "pad": [top, left],
+                   "regions", "coverage"} plus what the task adds (e.g. the scene or clip a frame
+                   belongs to and its position there)
+    patches.npy   (d, h, w) float16, optional: the raw patch grid (patch baselines)
+
+and the members its task declares (``bench.tasks``: ``Task.members``), encoded by extension
+(.npy arrays as given, .png uint8 images, .json values). Segmentation and retrieval declare:
+
     hist.npy      (R, C+1) int32   per-region pixel counts of each ground-truth class;
                                    the last column counts ignore (255) pixels
     label.png     (H, W) uint8     ground-truth label map, 255 = ignore
-    meta.json     {"id", "height", "width", "patch_size", "grid": [h, w], "pad": [top, left]}
-    patches.npy   (d, h, w) float16, optional: the raw patch grid (patch baselines)
+
+A multi-view task would add e.g. depth.npy, intrinsics.npy, pose.npy; a video task label.json.
+The writer and reader handle any member the same way: ``decode_sample(sample, fields)`` decodes the
+members named (by stem) and checks the common ones plus those the reader requires.
+
+Schema versions (``manifest.json``'s ``schema_version``): 1 = the members above with hist.npy and
+label.png always present and no ``members``/``task`` in the manifest; 2 = the manifest lists the
+``task`` and its sample ``members``. The tar bytes of a segmentation sample are the same in both.
+``load_manifest`` reads a version-1 manifest as segmentation's members, and refuses a version it
+does not know with a message to re-extract.
 
 Everything is stored as .npy/.json/.png, never pickles, so reading a shard runs no code.
 
@@ -26,7 +43,7 @@ memory-mapped and its ustar headers are parsed directly (Python's ``tarfile`` co
 member); .npy members become ``np.frombuffer`` views after a cached header parse
 (``np.load`` costs ~30 us per member); ``decode_sample(sample, fields=...)`` decodes only the
 members a stage needs (region training needs neither the label PNG, ~1 ms to decode at
-ADE20K size, nor the RLEs). The member encoding itself is unchanged (schema version 1).
+ADE20K size, nor the RLEs).
 
 Every shard is written under this process's temporary name (``bench.atomic.tmp_path``), its
 sha256 computed from the bytes as they are written, fsynced and renamed when complete; then its
@@ -75,9 +92,11 @@ from bench.mask_cache import summarize_stats
 
 log = logging.getLogger("regionbench.shards")
 
-SCHEMA_VERSION = 1
-REQUIRED = ("feats.npy", "rle.json", "areas.npy", "hist.npy", "label.png", "meta.json")
+SCHEMA_VERSION = 2
+COMMON = ("feats.npy", "rle.json", "areas.npy", "meta.json")  # every sample of every task
 OPTIONAL = ("patches.npy",)
+V1_MEMBERS = (*COMMON, "hist.npy", "label.png")  # what every schema-1 sample held
+REQUIRED = V1_MEMBERS  # kept for readers of schema 1
 
 
 class ShardError(RuntimeError):
@@ -127,20 +146,40 @@ def finite_half(array: np.ndarray, key: str, what: str) -> np.ndarray:
     return half
 
 
-def encode_sample(key: str, feats: np.ndarray, rles: list[dict], areas: np.ndarray,
-                  hist: np.ndarray, label: np.ndarray, meta: dict,
-                  patches: np.ndarray | None = None) -> dict[str, bytes | str]:
-    """One image's record as tar members (see the module docstring for the schema).
+def encode_member(name: str, value) -> bytes:
+    """A member's bytes by its extension: .npy (the array as given), .png (uint8 image), .json."""
+    if name.endswith(".npy"):
+        return _npy(np.asarray(value))
+    if name.endswith(".png"):
+        return _png(value)
+    if name.endswith(".json"):
+        return json.dumps(value, sort_keys=True).encode()
+    raise ValueError(f"shard member {name!r}: only .npy, .json and .png members are stored")
+
+
+def encode_sample(key: str, feats: np.ndarray, rles: list[dict], areas: np.ndarray, meta: dict,
+                  patches: np.ndarray | None = None, members: dict[str, object] | None = None,
+                  hist: np.ndarray | None = None, label: np.ndarray | None = None) -> dict[str, bytes | str]:
+    """One unit's record as tar members (see the module docstring for the schema): the common
+    region members plus the task's ``members`` ({"depth.npy": array, ...}, encoded by extension).
+    ``hist``/``label`` are the segmentation members given by keyword (``hist.npy`` as int32, ``label.png``).
     Raises ``NonFiniteFeatures`` naming ``key`` if ``feats`` or ``patches`` are not finite in float16."""
+    members = dict(members or {})
+    if hist is not None:
+        members["hist.npy"] = np.asarray(hist).astype(np.int32)
+    if label is not None:
+        members["label.png"] = label
     sample = {
         "__key__": check_key(key),
         "feats.npy": _npy(finite_half(feats, key, "region features")),
         "rle.json": json.dumps(rles).encode(),
         "areas.npy": _npy(areas.astype(np.int64)),
-        "hist.npy": _npy(hist.astype(np.int32)),
-        "label.png": _png(label),
         "meta.json": json.dumps(meta, sort_keys=True).encode(),
     }
+    for name, value in members.items():
+        if name in sample or name in OPTIONAL:
+            raise ValueError(f"task member {name!r} would replace a common shard member")
+        sample[name] = encode_member(name, value)
     if patches is not None:
         sample["patches.npy"] = _npy(finite_half(patches, key, "patch grid"))
     return sample
@@ -150,25 +189,36 @@ FIELDS = {"feats": "feats.npy", "rle": "rle.json", "areas": "areas.npy", "hist":
           "label": "label.png", "meta": "meta.json", "patches": "patches.npy"}  # decoded name -> member
 
 
-def decode_sample(sample: dict, fields: tuple[str, ...] | None = None, copy: bool = True) -> dict:
+def _member_of(name: str, sample: dict) -> str | None:
+    """The member that decodes to ``name``: FIELDS, else the sample's member with that stem."""
+    if name in FIELDS:
+        return FIELDS[name]
+    return next((m for m in sample if m.partition(".")[0] == name and not m.startswith("__")), None)
+
+
+def decode_sample(sample: dict, fields: tuple[str, ...] | None = None, copy: bool = True,
+                  required: tuple[str, ...] = ()) -> dict:
     """Tar members -> arrays. Module-level (picklable) so DataLoader workers can use it.
 
-    ``fields``: the decoded names to produce (keys of ``FIELDS``; "key" is always there);
-    None = all required ones plus ``patches`` when present. ``copy=False`` returns .npy arrays
-    as read-only views of the member bytes (the streams copy them into batches anyway).
+    ``fields``: the decoded names to produce (a member's stem: "feats", "hist", "depth"; "key" is
+    always there); None = every member present. ``required``: members the reader's task needs
+    beyond the common ones (checked with them). ``copy=False`` returns .npy arrays as read-only
+    views of the member bytes (the streams copy them into batches anyway).
     """
-    missing = [ext for ext in REQUIRED if ext not in sample]
+    missing = [ext for ext in (*COMMON, *required) if ext not in sample]
     if missing:
         raise ShardError(f"sample '{sample.get('__key__')}' in {sample.get('__url__')} lacks {missing}; "
-                         "the shard is damaged or was written by another version: re-run extraction")
+                         "the shard is damaged or was written by another version or task: re-run extraction")
     if fields is None:
-        fields = tuple(name for name, member in FIELDS.items() if member in sample)
+        fields = tuple(m.partition(".")[0] for m in sample if not m.startswith("__"))
     out = {"key": sample["__key__"]}
     for name in fields:
-        member = FIELDS[name]
-        if member not in sample:  # only the optional patches can be absent here
-            raise ShardError(f"sample '{sample['__key__']}' in {sample.get('__url__')} has no {member}: "
-                             "re-extract with extract.patches=true")
+        member = _member_of(name, sample)
+        if member is None or member not in sample:
+            hint = ("re-extract with extract.patches=true" if name == "patches" else
+                    "the shards were extracted for another task, or with an older schema: re-run extraction")
+            raise ShardError(f"sample '{sample['__key__']}' in {sample.get('__url__')} has no "
+                             f"{member or name + '.*'}: {hint}")
         raw = sample[member]
         try:
             if member.endswith(".npy"):
@@ -593,8 +643,39 @@ def load_manifest(split_dir: Path | str) -> dict:
         manifest = json.loads(path.read_text())
     except ValueError as err:
         raise ShardError(f"{path} is damaged ({err}): delete it and re-run: {REEXTRACT}") from None
+    check_schema(manifest, path)
     check_manifest(manifest, path)
     return manifest
+
+
+def check_schema(manifest: dict, path: Path) -> None:
+    """A schema version this reader knows (1, or up to ``SCHEMA_VERSION``), or a ShardError to re-extract."""
+    version = manifest.get("schema_version", 1)
+    if not isinstance(version, int) or not 1 <= version <= SCHEMA_VERSION:
+        raise ShardError(f"{path} has shard schema version {version!r}; this RegionBench reads versions 1 to "
+                         f"{SCHEMA_VERSION}. Delete the split directory and re-extract: {REEXTRACT}")
+
+
+def load_json(path: Path) -> dict:
+    """A manifest or entry as written, unchecked; a damaged file is a ShardError saying to re-extract."""
+    try:
+        return json.loads(Path(path).read_text())
+    except ValueError as err:
+        raise ShardError(f"{path} is damaged ({err}): delete it and re-run: {REEXTRACT}") from None
+
+
+def manifest_members(manifest: dict) -> tuple[str, ...]:
+    """The members every sample of the shard set holds (schema 1: segmentation's, it had no other)."""
+    return tuple(manifest.get("members") or V1_MEMBERS)
+
+
+def require_members(manifest: dict, members: tuple[str, ...], path: Path | str) -> None:
+    """Raise ShardError, saying to re-extract, if the shard set's samples lack any of ``members``."""
+    missing = [m for m in members if m not in manifest_members(manifest)]
+    if missing:
+        raise ShardError(f"shards in {path} (task {manifest.get('task', 'segmentation')}) hold "
+                         f"{', '.join(manifest_members(manifest))} but this reader needs {', '.join(missing)} too: "
+                         f"they were extracted for another task. Re-extract: {REEXTRACT}")
 
 
 _WARNED_OLD: set[str] = set()

@@ -93,7 +93,9 @@ def table_grid(cfg: DictConfig, results: dict[str, dict | None]) -> tuple[list[s
 
 
 def missing_commands(cfg: DictConfig, results: dict[str, dict | None]) -> list[str]:
-    step = "eval.py" if cfg.task == "retrieval" else "train.py"  # retrieval trains nothing
+    from bench.tasks import get_task  # tasks import the shared stages, not the other way round
+
+    step = "train.py" if get_task(cfg.task).trains else "eval.py"
     return [f"- {c}: `python -m bench.extract experiment={cfg.experiment} cell={c} && "
             f"python {step} experiment={cfg.experiment} cell={c}`" for c, m in results.items() if m is None]
 

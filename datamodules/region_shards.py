@@ -342,8 +342,10 @@ class RegionShardDataModule(pl.LightningDataModule):
 
     def __init__(self, shard_dir: str, train_split: str, val_split: str, batch_size: int = 16,
                  region_batch_size: int = 1024, region_buffer: int = 20000, train_unit: str = "image",
-                 num_workers: int = 0, shuffle_buffer: int = 64, verify: str = "sha256", seed: int = 0):
+                 num_workers: int = 0, shuffle_buffer: int = 64, verify: str = "sha256", seed: int = 0,
+                 members: tuple[str, ...] = ()):
         super().__init__()
+        self.members = tuple(members)  # sample members the task needs beyond bench.shards.COMMON
         if verify not in VERIFY:
             raise ValueError(f"data.verify={verify!r} is not one of {', '.join(VERIFY)}")
         self.train_unit = train_unit
@@ -359,6 +361,7 @@ class RegionShardDataModule(pl.LightningDataModule):
             split_dir = self.shard_dir / split_name(split)
             manifest = shardio.load_manifest(split_dir)
             # sha256: sizes now, hashes while streaming (no second pass over the disk)
+            shardio.require_members(manifest, self.members, split_dir)
             shardio.verify_shards(split_dir, manifest, "size" if self.verify == "sha256" else self.verify)
             self.manifests[split] = manifest
         return self.manifests[split]

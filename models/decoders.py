@@ -2,10 +2,15 @@
 
 Every decoder is called the same way, so one LightningModule trains any of them:
 
-    decoder(feats (N, d), image_index (N,) int64 or None) -> logits (N, num_classes)
+    decoder(feats (N, d), group (N,) int64 or None, pos (N, width) or None) -> logits (N, num_classes)
 
-``image_index[i]`` is the batch image that vector i comes from. Per-vector decoders ignore it (and
-accept None); the transformer needs it, to let each region attend to the other regions of its image.
+``group[i]`` is the group token i belongs to: the batch image of a region (segmentation), the scene
+of a frame's region (multi-view) or the clip of a frame's region (video); groups need not be sorted
+or contiguous. ``pos`` are optional positional embeddings added to the (projected) tokens, e.g. a
+frame's time step or a region's 3-D centre. Per-vector decoders ignore both (and accept None); the
+transformer needs ``group``, to let each token attend to the other tokens of its group only.
+``TransformerDecoder(output="group")`` is a sequence-level head: one logit row per group (in
+ascending group id), from the mean of the group's encoded tokens, e.g. to classify a clip.
 
 A decoder declares how it must be trained in ``train_unit``: ``"region"`` = shuffled batches of
 regions from many images (``data.region_batch_size`` regions per batch), ``"image"`` = batches of
@@ -35,7 +40,7 @@ class LinearDecoder(nn.Module):
         super().__init__()
         self.linear = nn.Linear(in_dim, num_classes)
 
-    def forward(self, feats: Tensor, image_index: Tensor | None = None) -> Tensor:
+    def forward(self, feats: Tensor, group: Tensor | None = None, pos: Tensor | None = None) -> Tensor:
         return self.linear(feats)
 
 
@@ -49,7 +54,7 @@ class MLPDecoder(nn.Module):
         super().__init__()
         self.mlp = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
 
-    def forward(self, feats: Tensor, image_index: Tensor | None = None) -> Tensor:
+    def forward(self, feats: Tensor, group: Tensor | None = None, pos: Tensor | None = None) -> Tensor:
         return self.mlp(feats)
 
 
@@ -75,38 +80,52 @@ def pad_by_image(feats: Tensor, image_index: Tensor) -> tuple[Tensor, Tensor, Te
 
 
 class TransformerDecoder(nn.Module):
-    """Transformer encoder blocks over an image's region tokens, then a linear head per token.
+    """Transformer encoder blocks over a group's tokens (an image's regions, a scene's or a clip's),
+    then a linear head per token, or per group with ``output="group"``.
 
-    Regions attend only to regions of the same image (padding masked as keys), so an image's logits
-    do not depend on the other images in its batch. No positional encoding: a region is its feature.
-    Defaults follow the authors' development code (one block, 8 heads, feed-forward 2048, dropout
-    0.1, GELU, post-norm); ``width`` null keeps the feature dimension (no input projection).
+    Tokens attend only to tokens of the same group (padding masked as keys), so a group's logits do
+    not depend on the other groups in its batch. Positional embeddings only if the caller gives
+    ``pos``: on segmentation a region is its feature. Defaults follow the authors' development code
+    (one block, 8 heads, feed-forward 2048, dropout 0.1, GELU, post-norm); ``width`` null keeps the
+    feature dimension (no input projection).
     """
 
     train_unit = "image"
+    OUTPUTS = ("token", "group")
 
     def __init__(self, in_dim: int, num_classes: int, width: int | None = None, layers: int = 1, heads: int = 8,
-                 dim_feedforward: int = 2048, dropout: float = 0.1):
+                 dim_feedforward: int = 2048, dropout: float = 0.1, output: str = "token"):
         super().__init__()
         width = width or in_dim
         if width % heads:
             raise ValueError(f"model.decoder_params.transformer.heads={heads} does not divide the token width "
                              f"{width}: set model.decoder_params.transformer.width to a multiple of {heads} "
                              f"(features are projected to it) or change heads")
+        if output not in self.OUTPUTS:
+            raise ValueError(f"model.decoder_params.transformer.output={output!r}; valid: {', '.join(self.OUTPUTS)}")
+        self.output = output
         self.proj = nn.Linear(in_dim, width) if width != in_dim else nn.Identity()
         block = nn.TransformerEncoderLayer(width, heads, dim_feedforward, dropout, activation="gelu",
                                            batch_first=True)
         self.encoder = nn.TransformerEncoder(block, layers, enable_nested_tensor=False)
         self.head = nn.Linear(width, num_classes)
 
-    def forward(self, feats: Tensor, image_index: Tensor | None = None) -> Tensor:
-        if image_index is None:
+    def forward(self, feats: Tensor, group: Tensor | None = None, pos: Tensor | None = None) -> Tensor:
+        """feats (N, d), group (N,), pos (N, width) or None -> (N, C), or (G, C) with output="group"."""
+        if group is None:
             raise ValueError("the transformer decoder needs image_index (which image each region belongs to): "
                              "train it on batches of whole images (train_unit='image'), not shuffled regions")
+        tokens = self.proj(feats)  # (N, width)
+        if pos is not None:
+            tokens = tokens + pos
         if len(feats) == 0:
-            return self.head(self.proj(feats))
-        tokens, padding, row, col = pad_by_image(self.proj(feats), image_index)
-        return self.head(self.encoder(tokens, src_key_padding_mask=padding)[row, col])
+            return self.head(tokens)
+        padded, padding, row, col = pad_by_image(tokens, group)  # (G, L, width), (G, L)
+        encoded = self.encoder(padded, src_key_padding_mask=padding)
+        if self.output == "token":
+            return self.head(encoded[row, col])
+        keep = (~padding).unsqueeze(-1).to(encoded.dtype)  # mean over each group's real tokens
+        return self.head((encoded * keep).sum(1) / keep.sum(1))
 
 
 DECODERS = {"linear": LinearDecoder, "mlp": MLPDecoder, "transformer": TransformerDecoder}

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.aggregation import SumMetric
 
-from bench.extract import decode_rles
+from bench.rle import decode_rles
 from bench.labels import LABEL_DENOMINATORS, region_labels
 from bench.metrics import NO_PREDICTION, SegmentationMetric, paint_regions
 from models.decoders import build_decoder, decoder_class

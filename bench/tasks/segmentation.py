@@ -1,0 +1,78 @@
+"""Semantic segmentation (VOC, ADE20K, MiniVOC, MiniADE): the paper's Tables 1-6.
+
+Unit: one image with its (H, W) label map. Shard members beyond the common region members:
+``hist.npy`` (R, C+1) int32 class pixel counts per region and ``label.png`` (H, W) uint8.
+Trains decoders on region (or patch) vectors (``models.segmenter.MODELS``) from the region shard
+datamodule (``datamodules.region_shards``); scored by mIoU over one dataset-level confusion matrix.
+Predictions are written in the dataset's server format (``Layout.save_prediction``).
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+
+from bench import runs
+from bench.labels import class_histogram
+from bench.tasks.base import Task
+from datamodules.datasets import class_names, dataset_items, layout
+from datamodules.voc import load_image_for_label
+
+MEMBERS = ("hist.npy", "label.png")
+
+
+def load_unit(cfg: DictConfig):
+    """unit -> (image, (H, W) label map): the image read to fit its label map (EXIF, see datamodules.voc)."""
+    load_label = layout(cfg.dataset).load_label
+
+    def load(item) -> tuple[np.ndarray, np.ndarray]:
+        label = load_label(item.label_path)
+        return load_image_for_label(item.image_path, label.shape), label
+    return load
+
+
+def check_unit(key: str, rgb: np.ndarray, label: np.ndarray) -> None:
+    if label.shape != rgb.shape[:2]:
+        raise ValueError(f"label of '{key}' is {label.shape} but its image is {rgb.shape[:2]}")
+
+
+def unit_members(extractor, key: str, masks: np.ndarray, label: np.ndarray) -> tuple[dict, dict]:
+    """hist.npy: (R, C+1) class pixel counts of each region (last column: ignore); label.png."""
+    c = extractor.num_classes
+    hist = class_histogram(masks, label, c, extractor.ignore_index) if len(masks) else np.zeros((0, c + 1), np.int32)
+    return {"hist.npy": hist.astype(np.int32), "label.png": label}, {}
+
+
+def extract(cfg: DictConfig) -> dict:
+    """Train and val region shards of every selected cell."""
+    from bench.extract import extract_splits
+
+    return extract_splits(cfg, lambda c: (c.dataset.train_split, c.dataset.val_split))
+
+
+def models() -> dict:
+    from models.segmenter import MODELS
+
+    return MODELS
+
+
+def prediction_writer(cfg: DictConfig, directory: Path):
+    fmt = layout(cfg.dataset)
+    return functools.partial(fmt.save_prediction, directory / fmt.prediction_subdir)
+
+
+def pictures(cfg: DictConfig, model, count: int, out: Path) -> None:
+    from bench.visualize import draw_predictions
+
+    draw_predictions(cfg, model, count, out)
+
+
+TASK = Task(
+    name="segmentation", members=MEMBERS, units=dataset_items, load_unit=load_unit, unit_members=unit_members,
+    check_unit=check_unit, extract=extract, summary=lambda m: runs.summarize(m, m.get("class_names")),
+    trains=True, models=models, build_datamodule=functools.partial(runs.build_datamodule, members=MEMBERS),
+    check_data=runs.check_shards, build_model=runs.build_model,
+    report=lambda cfg: {"class_names": class_names(cfg.dataset)},
+    prediction_writer=prediction_writer, pictures=pictures)
