@@ -11,9 +11,16 @@ valid ones. Every run saves its resolved config beside its results.
 A results table is declared in the experiment under ``table:``: ``rows`` and
 ``columns`` map a name to a dict of dotted overrides. A *cell* is ``row/column``;
 ``cell_config(cfg, "region_linear/minivoc")`` applies both override dicts.
+
+Named datasets: ``dataset: miniade`` (in any layer; ``dataset=miniade`` on the command line) makes
+the ``dataset`` node a copy of ``datasets.miniade`` (a plain lookup in bench/defaults.yaml), written
+just before that layer's own ``dataset.*`` keys, which win over it. Presets are visible:
+``model.preset`` / ``model.compat`` expand in the layer that names them (bench/presets.py), and
+each expansion is recorded in ``preset_applied`` (which layer, which preset, the keys it set).
 """
 from __future__ import annotations
 
+import copy
 import difflib
 import os
 from pathlib import Path
@@ -80,18 +87,56 @@ def _unknown_key_error(cfg: DictConfig, key: str, source: str) -> ConfigError:
     return ConfigError(f"unknown config key '{key}' (from {source}).{hint}")
 
 
-def _merge_checked(base: DictConfig, update: DictConfig, source: str) -> DictConfig:
-    """Merge ``update`` into ``base``; an unknown key names its nearest valid keys. A
-    ``model.preset`` or ``model.compat`` in ``update`` brings its values (bench/presets.py) under
-    ``update``'s own keys."""
-    from bench.presets import expand_presets
+def select_dataset(base: DictConfig, name, source: str) -> DictConfig:
+    """The node ``datasets.<name>`` of ``base`` (unresolved): what ``dataset: <name>`` stands for."""
+    if not isinstance(name, str) or name not in base.datasets:
+        raise ConfigError(f"config key 'dataset' (from {source}) is {name!r}; valid: {', '.join(base.datasets)} "
+                          "(a name under datasets:, or set single keys: dataset.root=...)")
+    return OmegaConf.create(OmegaConf.to_container(base.datasets[name], resolve=False))
 
+
+def dotted_layer(pairs: Iterable[tuple[str, object]]) -> tuple[DictConfig, str | None]:
+    """A layer given as dotted ``(key, value)`` pairs (a table row, column or cell): the nested
+    config of its keys, and the dataset it names with ``dataset: NAME`` (None if none)."""
+    update, name = OmegaConf.create(), None
+    for key, value in pairs:
+        if key == "dataset" and not isinstance(value, (dict, DictConfig)):
+            name = value
+        else:
+            OmegaConf.update(update, key, value, force_add=True)
+    return update, name
+
+
+def command_line_layer(overrides: list[str]) -> tuple[DictConfig, str | None]:
+    """The command line's ``key=value`` list as a layer, and the dataset ``dataset=NAME`` names."""
+    def names_dataset(item: str) -> bool:  # dataset=NAME (dataset={...} is a plain merge)
+        return item.split("=", 1)[0] == "dataset" and not isinstance(OmegaConf.from_dotlist([item]).dataset, DictConfig)
+
+    names = [OmegaConf.from_dotlist([o]).dataset for o in overrides if names_dataset(o)]
+    return OmegaConf.from_dotlist([o for o in overrides if not names_dataset(o)]), (names[-1] if names else None)
+
+
+def _merge_checked(base: DictConfig, update: DictConfig, source: str, dataset: str | None = None) -> DictConfig:
+    """Merge ``update`` into ``base``; an unknown key names its nearest valid keys. A named dataset
+    (``dataset``, or ``dataset: NAME`` in a file layer) first replaces ``base.dataset`` with
+    ``datasets.NAME``; a ``model.preset`` or ``model.compat`` in ``update`` brings its values
+    (bench/presets.py) under ``update``'s own keys, recorded in ``preset_applied``."""
+    from bench.config_checks import check_values
+    from bench.presets import expand_presets, preset_record
+
+    if "dataset" in update and not isinstance(update._get_node("dataset"), DictConfig):
+        dataset = update.dataset
+        update = OmegaConf.masked_copy(update, [k for k in update if k != "dataset"])
+    if dataset is not None:
+        node = select_dataset(base, dataset, source)
+        check_values(OmegaConf.create({"dataset": node}), source)
+        base = copy.deepcopy(base)
+        base.dataset = node  # replaced, not merged: nothing of the previous dataset stays
     try:
+        record = preset_record(update, source)
         update = expand_presets(update)
     except ValueError as err:
         raise ConfigError(f"{err} (from {source})") from None
-    from bench.config_checks import check_values
-
     check_values(update, source)
     for key in _all_keys(update):
         if OmegaConf.select(base, key, default="__missing__") == "__missing__":
@@ -103,9 +148,20 @@ def _merge_checked(base: DictConfig, update: DictConfig, source: str) -> DictCon
             if parent_node is None:  # a None-valued section being filled in
                 continue
     try:
-        return OmegaConf.merge(base, update)
+        merged = OmegaConf.merge(base, update)
     except (ConfigAttributeError, ConfigKeyError) as err:
         raise _unknown_key_error(base, str(err.full_key), source) from err
+    if record:  # the command line, re-applied over each cell, is recorded where it was applied last
+        kept = [r for r in OmegaConf.to_container(merged.preset_applied) if r != record]
+        merged.preset_applied = [*kept, record]
+    return merged
+
+
+def load_defaults() -> DictConfig:
+    """bench/defaults.yaml with its ``dataset: NAME`` replaced by the named node."""
+    cfg = OmegaConf.load(DEFAULTS)
+    cfg.dataset = select_dataset(cfg, cfg.dataset, str(DEFAULTS))
+    return cfg
 
 
 def check_trainer_args(cfg: DictConfig) -> None:
@@ -150,7 +206,7 @@ def load_config(argv: Iterable[str] = (), experiment: str | None = None) -> Dict
     """Defaults <- experiment file <- overrides, resolved lazily, in struct mode."""
     exp_from_argv, overrides = parse_overrides(argv)
     experiment = exp_from_argv or experiment
-    cfg = OmegaConf.load(DEFAULTS)
+    cfg = load_defaults()
     OmegaConf.set_struct(cfg, True)
     for node in OPEN_NODES:
         OmegaConf.set_struct(OmegaConf.select(cfg, node), False)
@@ -159,7 +215,8 @@ def load_config(argv: Iterable[str] = (), experiment: str | None = None) -> Dict
         cfg = _merge_checked(cfg, OmegaConf.load(path), str(path))
         cfg.experiment = Path(experiment).stem
     if overrides:
-        cfg = _merge_checked(cfg, OmegaConf.from_dotlist(overrides), "command line")
+        update, dataset = command_line_layer(overrides)
+        cfg = _merge_checked(cfg, update, "command line", dataset)
         cfg.overrides = list(overrides)  # re-applied over table rows/columns: the command line wins
     OmegaConf.set_struct(cfg, True)
     check_trainer_args(cfg)
@@ -172,10 +229,8 @@ def load_config(argv: Iterable[str] = (), experiment: str | None = None) -> Dict
 
 def apply_overrides(cfg: DictConfig, overrides: dict | DictConfig, source: str) -> DictConfig:
     """Apply a dict of dotted ``key: value`` overrides (a table row or column)."""
-    update = OmegaConf.create()
-    for key, value in (overrides or {}).items():
-        OmegaConf.update(update, key, value, force_add=True)
-    merged = _merge_checked(cfg, update, source)
+    update, dataset = dotted_layer((overrides or {}).items())
+    merged = _merge_checked(cfg, update, source, dataset)
     OmegaConf.set_struct(merged, True)
     return merged
 
@@ -233,7 +288,8 @@ def cell_config(cfg: DictConfig, cell: str) -> DictConfig:
     if cfg.table.cells and cell in cfg.table.cells:  # what only this row in this column needs
         out = apply_overrides(out, cfg.table.cells[cell], f"table.cells.{cell}")
     if cfg.overrides:
-        out = _merge_checked(out, OmegaConf.from_dotlist(list(cfg.overrides)), "command line")
+        update, dataset = command_line_layer(list(cfg.overrides))
+        out = _merge_checked(out, update, "command line", dataset)
         OmegaConf.set_struct(out, True)
     out.cell = cell
     return out
@@ -267,6 +323,7 @@ EXECUTION_KEYS = (
     "paths", "data.num_workers", "data.verify", "extract.progress", "extract.index", "extract.count",
     "extract.shard_dir", "extract.feature_cache", "regions.cache",  # locations of what the other keys define
     "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps",
+    "datasets", "preset_applied",  # the catalogue `dataset` is picked from; a record of values already in the config
 )
 
 

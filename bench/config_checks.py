@@ -16,7 +16,7 @@ from typing import Callable, Iterable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from bench.config import DEFAULTS, OPEN_NODES, ConfigError, cell_configs
+from bench.config import OPEN_NODES, ConfigError, cell_configs, dotted_layer, load_defaults, select_dataset
 
 log = logging.getLogger("regionbench.config")
 
@@ -39,8 +39,6 @@ KEY_TYPES = {
 # Keys with a non-null default that null switches off (see bench/defaults.yaml).
 NULLABLE = ("dataset.generate", "regions.cache", "extract.feature_cache", "regions.params.sam_slic.sam_params")
 
-TASKS = ("segmentation", "retrieval")  # train.py + eval.py | bench/retrieval.py
-
 
 def _module(name: str):
     return importlib.import_module(name)
@@ -49,7 +47,7 @@ def _module(name: str):
 # Enumerated keys -> their valid values, read from the registry that defines them (imported only
 # when a layer sets the key). fnmatch patterns allowed.
 CHOICES: dict[str, Callable[[], Iterable]] = {
-    "task": lambda: TASKS,
+    "task": lambda: _module("bench.tasks").TASKS,
     "dataset.layout": lambda: _module("datamodules.datasets").LAYOUTS,
     "regions.source": lambda: (*_module("bench.regions").REGION_SOURCES, "none"),
     "regions.params.sam.model_type": lambda: _module("bench.regions_sam").MODEL_TYPES["sam"],
@@ -83,7 +81,14 @@ CHOICES: dict[str, Callable[[], Iterable]] = {
 
 @functools.lru_cache(maxsize=None)
 def _defaults() -> DictConfig:
-    return OmegaConf.load(DEFAULTS)
+    return load_defaults()
+
+
+def _schema_key(key: str) -> str:
+    """A named dataset's key is typed and checked as the same key of ``dataset``
+    (``datasets.voc.generate`` -> ``dataset.generate``)."""
+    parts = key.split(".")
+    return ".".join(["dataset", *parts[2:]]) if parts[0] == "datasets" and len(parts) > 2 else key
 
 
 def _match(table, key: str):
@@ -101,6 +106,7 @@ def _default(key: str):
 
 def _expected_type(key: str) -> type | None:
     """The type a key's value must have (KEY_TYPES, else its default's); None = unchecked."""
+    key = _schema_key(key)
     listed = next((t for t, patterns in KEY_TYPES.items() for p in patterns if fnmatch.fnmatchcase(key, p)), None)
     if listed is not None:
         return listed
@@ -180,12 +186,13 @@ def _check_value(key: str, node, source: str) -> None:
         return
     expected = _expected_type(key)
     if value is None:
-        if expected is not None and _default(key) not in (None, "__missing__") and key not in NULLABLE:
+        schema = _schema_key(key)
+        if expected is not None and _default(schema) not in (None, "__missing__") and schema not in NULLABLE:
             raise ConfigError(f"{where}; it needs {_describe(expected)}")
         return
     if expected is not None and not _fits(value, expected):
         raise ConfigError(f"{where}; it must be {_describe(expected)}")
-    choices = _match(CHOICES, key)
+    choices = _match(CHOICES, _schema_key(key))
     if choices is not None:
         valid = tuple(choices())
         if value not in valid:
@@ -209,17 +216,19 @@ def check_values(update: DictConfig, source: str, prefix: str = "") -> None:
 def check_table(cfg: DictConfig) -> None:
     """The values every table row, column, cell and sweep point sets, before any cell runs."""
     table = cfg.table
+
+    def check(pairs, source: str) -> None:
+        update, dataset = dotted_layer(pairs)
+        if dataset is not None:  # a named dataset: a name under datasets:
+            select_dataset(cfg, dataset, source)
+        check_values(update, source)
+
     for name in ("rows", "columns", "cells"):
         for entry, overrides in (table[name] or {}).items():
-            update = OmegaConf.create()
-            for key, value in (overrides.items_ex(resolve=False) if overrides else []):
-                OmegaConf.update(update, key, value, force_add=True)
-            check_values(update, f"table.{name}.{entry}")
+            check(overrides.items_ex(resolve=False) if overrides else [], f"table.{name}.{entry}")
     for key, values in (table.sweep.items_ex(resolve=False) if table.sweep else []):
         for value in values if isinstance(values, ListConfig) else [values]:
-            update = OmegaConf.create()
-            OmegaConf.update(update, key, value, force_add=True)
-            check_values(update, f"table.sweep.{key}")
+            check([(key, value)], f"table.sweep.{key}")
 
 
 def check_extract_share(cfg: DictConfig) -> None:

@@ -3,6 +3,11 @@
 ``model.preset=<name>`` and ``model.compat=<voc|ade20k>`` stand for the dotted overrides below,
 written in the same layer (experiment file, table column or row, command line) just before that
 layer's own keys: the layer's explicit keys and every later layer win over them.
+
+Nothing is set silently: each expansion is recorded in the resolved config (and every run's
+config.yaml) under ``preset_applied``, e.g.
+``{layer: table.cells.sam_slic_mlp/voc, model.preset: voc_mlp, set: {model.lr: 0.0005, ...}}``
+(``set``: the keys the preset wrote, i.e. not also given in that layer).
 """
 from __future__ import annotations
 
@@ -71,3 +76,14 @@ def expand_presets(update: DictConfig) -> DictConfig:
     for key, value in overrides.items():
         OmegaConf.update(expanded, key, value, force_add=True)
     return OmegaConf.merge(expanded, update)
+
+
+def preset_record(update: DictConfig, layer: str) -> dict | None:
+    """What expanding ``update``'s preset/compat writes: ``{layer, model.preset, model.compat, set}``,
+    ``set`` holding only the keys the layer does not give itself; None if it names neither."""
+    names = {f"model.{k}": OmegaConf.select(update, f"model.{k}", default=None) for k in ("preset", "compat")}
+    overrides = preset_overrides(*names.values())
+    if not overrides:
+        return None
+    written = {k: v for k, v in overrides.items() if OmegaConf.select(update, k, default="__unset__") == "__unset__"}
+    return {"layer": layer, **{k: v for k, v in names.items() if v is not None}, "set": written}

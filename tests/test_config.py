@@ -93,3 +93,51 @@ def test_shard_dir_depends_only_on_what_changes_the_shards():
     assert load_config(["regions.params.slic.compactness=10"]).extract.shard_dir != base
     assert load_config(["backbone.params.colortexture.patch_size=16"]).extract.shard_dir != base
     assert load_config(["pooling.mode=max"]).extract.shard_dir != base
+
+
+def test_a_named_dataset_is_one_key_and_its_own_keys_win(tmp_path):
+    cfg = load_config(["dataset=miniade", "dataset.max_images=3"])
+    assert cfg.dataset.max_images == 3
+    named = OmegaConf.to_container(cfg.datasets.miniade)
+    assert OmegaConf.to_container(cfg.dataset) == {**named, "max_images": 3}
+    assert load_config([]).dataset == load_config([]).datasets.minivoc  # the default is a named dataset too
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("dataset: coco\ntable:\n  rows: {a: {}}\n"
+                   "  columns: {mini: {dataset: minicoco, dataset.max_images: 5}, coco: {dataset: coco}, same: {}}\n")
+    cfg = load_config([f"experiment={exp}", "dataset.generate.num_train=4"])
+    assert cfg.dataset.name == "coco" and cfg.dataset.generate == {"num_train": 4}
+    mini = cell_config(cfg, "a/mini")  # replaced, not merged over coco's node; the command line re-applied
+    assert (mini.dataset.name, mini.dataset.max_images) == ("minicoco", 5)
+    assert dict(mini.dataset.generate) == {**cfg.datasets.minicoco.generate, "num_train": 4}
+    assert cell_config(cfg, "a/same").dataset.name == "coco"
+    wins = load_config([f"experiment={exp}", "dataset=voc"])  # the command line wins over the columns
+    assert {cell_config(wins, c).dataset.name for c in table_cells(wins)} == {"voc"}
+
+
+def test_an_unknown_dataset_name_lists_the_named_ones(tmp_path):
+    with pytest.raises(ConfigError, match=r"'dataset' \(from command line\) is 'minivco'; valid: minivoc, miniade"):
+        load_config(["dataset=minivco"])
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("table:\n  rows: {a: {}}\n  columns: {x: {dataset: ade}}\n")
+    with pytest.raises(ConfigError, match=r"'dataset' \(from table.columns.x\) is 'ade'; valid: .*ade20k"):
+        load_config([f"experiment={exp}"])
+
+
+def test_named_datasets_list_every_key_under_their_own_name_and_are_type_checked():
+    cfg = load_config([])
+    for name, node in cfg.datasets.items():
+        assert list(node) == list(cfg.dataset) and node.name == name, name
+    assert load_config(["datasets.voc.generate=null", "datasets.voc.max_images=2"]).datasets.voc.max_images == 2
+    with pytest.raises(ConfigError, match=r"'datasets.voc.num_classes' \(from command line\) is 'many'.*integer"):
+        load_config(["datasets.voc.num_classes=many"])
+    with pytest.raises(ConfigError, match=r"'datasets.ade20k.layout'.*valid: voc, ade20k"):
+        load_config(["datasets.ade20k.layout=pascal"])
+
+
+@pytest.mark.parametrize("path", sorted(EXPERIMENTS_DIR.glob("*.yaml")), ids=lambda p: p.stem)
+def test_every_table_column_names_its_dataset(path: Path):
+    cfg = load_config([f"experiment={path.stem}"])
+    for column, overrides in cfg.table.columns.items():
+        assert overrides.get("dataset") in cfg.datasets, f"{path.stem}: column {column} names no dataset"
+        assert not any(k.startswith("dataset.") and k != "dataset.max_images" for k in overrides), (
+            f"{path.stem}: column {column} restates keys of a named dataset")

@@ -131,3 +131,29 @@ def test_compat_config_builds_a_model_scoring_149_classes():
     model = build_model(cfg, {"feature_dim": 8})
     assert model.test_metric.unscored_classes == [149] and model.hparams.label_denominator == "all"
     assert model.hparams.compat == "ade20k" and OmegaConf.is_config(cfg)
+
+
+def test_what_a_preset_set_is_recorded_in_the_config_and_config_yaml(tmp_path):
+    from bench.config import config_hash, save_config
+
+    cli = load_config(["model.preset=ade20k_mlp", "model.lr=0.02"])
+    [record] = OmegaConf.to_container(cli.preset_applied)
+    assert record == {"layer": "command line", "model.preset": "ade20k_mlp",
+                      "set": {k: v for k, v in PRESETS["ade20k_mlp"].items() if k != "model.lr"}}  # lr: its own
+    assert load_config([]).preset_applied == []
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("model: {compat: voc}\ntable:\n  rows: {mlp: {model.preset: voc_mlp}, plain: {}}\n"
+                   "  columns: {minivoc: {}}\n")
+    cfg = load_config([f"experiment={exp}"])
+    mlp = cell_config(cfg, "mlp/minivoc")
+    assert [(r["layer"], r.get("model.preset"), r.get("model.compat")) for r in mlp.preset_applied] == [
+        (str(exp), None, "voc"), ("table.rows.mlp", "voc_mlp", None)]
+    assert mlp.preset_applied[1].set["trainer.max_epochs"] == 4 == mlp.trainer.max_epochs
+    assert len(cell_config(cfg, "plain/minivoc").preset_applied) == 1
+    save_config(mlp, tmp_path / "config.yaml")
+    saved = OmegaConf.load(tmp_path / "config.yaml")
+    assert saved.preset_applied[1].set["data.region_batch_size"] == 32
+    # a record, not a setting: the hash is that of the values themselves
+    bare = mlp.copy()
+    bare.preset_applied = []
+    assert config_hash(bare) == config_hash(mlp)
