@@ -1,7 +1,7 @@
 """SAM+SLIC regions (the paper's §3.1 "Augmenting SAM with SLIC") and ground-truth regions.
 
     merge_sam_slic(sam_masks (R,H,W), slic_labels (H,W))  -> (R+K, H, W) bool
-    SamSlicRegions(sam="sam").generate(image)             -> (R+K, H, W) bool
+    build_regions("sam_slic", sam="sam").generate(image)  -> (R+K, H, W) bool
     GtRegions().generate(image, label)                    -> (S, H, W) bool, the upper bound
 
 SAM leaves parts of an image uncovered (paper Figure 3); SLIC superpixels that overlap the
@@ -15,6 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from bench.images import to_rgb8
+from bench.slic import SlicRegions
 
 
 def merge_sam_slic(sam_masks: np.ndarray, slic_labels: np.ndarray, min_pixels: int = 300,
@@ -90,9 +91,8 @@ class SamSlicRegions:
                       SLIC parameters (paper: 50 and 8); other fast-slic settings are SlicRegions'
       min_pixels      keep a superpixel with at least this many uncovered pixels (paper: 300)
       min_proportion  ... and at least this fraction of it uncovered (released default 0)
-      build_sam       ``(name, **params) -> source``; default ``bench.regions.build_regions``,
-                      imported here rather than at module level because bench.regions registers
-                      this class
+      build_sam       ``(name, **params) -> source``: ``bench.regions.build_regions`` when built
+                      through the registry (``build_regions("sam_slic", ...)``)
 
     ``generate(image)`` runs both sources on the same ``to_rgb8`` image; ``from_masks`` reuses
     SAM masks computed earlier (the expensive half) and only runs SLIC and the merge.
@@ -101,10 +101,9 @@ class SamSlicRegions:
     def __init__(self, sam: str = "sam", sam_params: dict | None = None, num_components: int = 50,
                  compactness: float = 8, min_pixels: int = 300, min_proportion: float = 0.0,
                  build_sam: Callable | None = None):
-        from bench.regions import SlicRegions
-
         if build_sam is None:
-            from bench.regions import build_regions as build_sam
+            raise TypeError("SamSlicRegions needs build_sam, the factory of its SAM source: build it with "
+                            "bench.regions.build_regions('sam_slic', ...)")
         self.sam = build_sam(sam, **(sam_params or {}))
         self.slic = SlicRegions(num_components=num_components, compactness=compactness)
         self.min_pixels = min_pixels

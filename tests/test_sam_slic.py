@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from skimage import data, transform
 
-from bench.regions import SlicRegions
+from bench.regions import SlicRegions, build_regions
 from bench.sam_slic import GtRegions, SamSlicRegions, merge_sam_slic
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
@@ -165,7 +165,9 @@ def test_sam_slic_regions_builds_sam_by_name_and_merges():
 
 def test_sam_slic_regions_unknown_sam_name_lists_valid_ones():
     with pytest.raises(ValueError, match="valid names"):
-        SamSlicRegions(sam="no_such_sam")
+        build_regions("sam_slic", sam="no_such_sam")
+    with pytest.raises(TypeError, match="build_regions"):
+        SamSlicRegions(sam="sam")
 
 
 def test_gt_regions_one_mask_per_class_component():
