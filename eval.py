@@ -22,10 +22,10 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from bench.config import cell_configs, config_hash, load_config, save_config, table_rows
+from bench.config import cell_configs, config_hash, load_config, run_dir, save_config, table_rows
 from bench.leaderboard import write_leaderboard
-from bench.runs import (build_trainer, data_report, read_metrics, recorded_checkpoint, run_dir, run_record,
-                        training_of, write_json)
+from bench.runs import (build_trainer, data_report, read_metrics, recorded_checkpoint, run_record, training_of,
+                        write_json)
 from bench.tables import write_tables
 from bench.tasks import get_task
 
@@ -99,7 +99,7 @@ def evaluate(cfg: DictConfig) -> dict[str, dict]:
             print(f"{cell}: {task.summary(metrics)}")
         if table_rows(cfg):
             out = Path(cfg.paths.results_root) / str(cfg.experiment)
-            print(write_tables(cfg, run_dir, out))
+            print(write_tables(cfg, out, "train.py" if task.trains else "eval.py"))
     return results
 
 

@@ -20,9 +20,9 @@ from pathlib import Path
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from bench.config import cell_configs, load_config, save_config, table_rows
-from bench.runs import (build_trainer, data_report, finished_metrics, prepare_run, run_dir, run_record,
-                        training_record, write_json, write_run_file)
+from bench.config import cell_configs, load_config, run_dir, save_config, table_rows
+from bench.runs import (build_trainer, data_report, finished_metrics, prepare_run, run_record, training_record,
+                        write_json, write_run_file)
 from bench.tables import write_tables
 from bench.tasks import get_task
 
@@ -71,7 +71,7 @@ def train(cfg: DictConfig) -> dict[str, dict]:
                          f"run python eval.py experiment={cfg.experiment}")
     results = {cell: train_cell(ccfg) for cell, ccfg in cell_configs(cfg).items()}
     if table_rows(cfg) and pl.utilities.rank_zero.rank_zero_only.rank == 0:  # the table as it stands now
-        write_tables(cfg, run_dir, Path(cfg.paths.results_root) / str(cfg.experiment))
+        write_tables(cfg, Path(cfg.paths.results_root) / str(cfg.experiment))
     return results
 
 

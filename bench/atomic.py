@@ -1,4 +1,4 @@
-"""Files that are either complete or absent, checksummed records, and per-shard locks.
+"""Files that are either complete or absent, checksummed records, per-shard locks, and digests.
 
 Every file RegionBench writes goes to a temporary sibling named for its writer,
 ``<stem>.<host>-<pid><suffix>.tmp`` (so two processes never share one), and is renamed over the
@@ -24,7 +24,9 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import json
 import os
+import shutil
 import socket
 import time
 from contextlib import contextmanager
@@ -35,6 +37,21 @@ HOST = socket.gethostname().split(".")[0].replace("-", "_") or "localhost"
 ORPHAN_AGE_SECONDS = 24 * 3600  # a temporary file of another host this old is abandoned
 _SEAL = b"\nregionbench-sha256:"
 _SEAL_LENGTH = len(_SEAL) + 64 + 1  # marker, hex digest, newline
+
+
+def digest(value, length: int = 8) -> str:
+    """Short sha256 of a JSON-able value (keys sorted; other objects by ``str``): the one way
+    RegionBench names a directory or a record after the settings that made it."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
+def file_sha256(path: Path | str, chunk: int = 1 << 20) -> str:
+    """The sha256 of a file's bytes, read in chunks."""
+    hasher = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            hasher.update(block)
+    return hasher.hexdigest()
 
 
 def tmp_path(path: Path) -> Path:
@@ -70,6 +87,30 @@ def atomic_file(path: Path, fsync: bool = False, previous: Path | None = None) -
             os.fsync(directory)  # the renames themselves reach the disk
         finally:
             os.close(directory)
+
+
+@contextmanager
+def atomic_path(path: Path, keep_suffix: bool = False) -> Iterator[Path]:
+    """A temporary sibling path for a writer that takes a path (a library's save function, or a
+    whole directory); renamed over ``path`` when the block ends without an exception (a directory
+    already at ``path`` is replaced), removed otherwise. ``keep_suffix``: the temporary name ends in
+    ``path``'s suffix, for writers that choose the format by it."""
+    tmp = path.with_name(f"{path.stem}.{HOST}-{os.getpid()}.tmp{path.suffix}") if keep_suffix else tmp_path(path)
+    try:
+        yield tmp
+        if tmp.is_dir() and path.is_dir():
+            old = tmp_path(path.with_name(path.name + "-old"))
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, path)
+    except BaseException:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        raise
 
 
 def write_atomic(path: Path, data: bytes | memoryview, fsync: bool = False, previous: Path | None = None) -> None:

@@ -57,14 +57,6 @@ def write_rotating(path: Path, data: bytes | memoryview, previous: Path | None =
     write_atomic(path, data, fsync=True, previous=previous)
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def damage(path: Path) -> str | None:
     """What is wrong with the checkpoint file at ``path`` (truncated, a bad CRC), or None if every
     member of its zip archive reads back intact."""

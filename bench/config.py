@@ -26,33 +26,23 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
+from bench.atomic import digest, write_atomic
+from bench.config_checks import DEFAULTS, OPEN_NODES, ConfigError, check_extract_share, check_values
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULTS = Path(__file__).with_name("defaults.yaml")
 EXPERIMENTS_DIR = Path(os.environ.get("REGIONBENCH_EXPERIMENTS", REPO_ROOT / "experiments"))
 
 
 def _digest(*nodes) -> str:
     """Short hash of config values: shard sets made with different settings never share a directory."""
-    import hashlib
-    import json
-
-    values = [OmegaConf.to_container(n, resolve=True) if isinstance(n, DictConfig) else n for n in nodes]
-    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return digest([OmegaConf.to_container(n, resolve=True) if isinstance(n, DictConfig) else n for n in nodes])
 
 
 if not OmegaConf.has_resolver("digest"):
     OmegaConf.register_new_resolver("digest", _digest)
-
-# Nodes whose keys are the user's own names (table rows, columns, reference numbers), and
-# `trainer`, which takes any pytorch_lightning.Trainer argument (checked in bench.runs).
-OPEN_NODES = ("table.rows", "table.columns", "table.cells", "table.reference", "table.sweep", "trainer")
-
-
-class ConfigError(ValueError):
-    """A config key, value or file that the user must fix."""
 
 
 def _all_keys(node, prefix: str = "") -> list[str]:
@@ -121,7 +111,6 @@ def _merge_checked(base: DictConfig, update: DictConfig, source: str, dataset: s
     (``dataset``, or ``dataset: NAME`` in a file layer) first replaces ``base.dataset`` with
     ``datasets.NAME``; a ``model.preset`` or ``model.compat`` in ``update`` brings its values
     (bench/presets.py) under ``update``'s own keys, recorded in ``preset_applied``."""
-    from bench.config_checks import check_values
     from bench.presets import expand_presets, preset_record
 
     if "dataset" in update and not isinstance(update._get_node("dataset"), DictConfig):
@@ -220,11 +209,28 @@ def load_config(argv: Iterable[str] = (), experiment: str | None = None) -> Dict
         cfg.overrides = list(overrides)  # re-applied over table rows/columns: the command line wins
     OmegaConf.set_struct(cfg, True)
     check_trainer_args(cfg)
-    from bench.config_checks import check_extract_share, check_table
 
     check_table(cfg)
     check_extract_share(cfg)
     return cfg
+
+
+def check_table(cfg: DictConfig) -> None:
+    """The values every table row, column, cell and sweep point sets, before any cell runs."""
+    table = cfg.table
+
+    def check(pairs, source: str) -> None:
+        update, dataset = dotted_layer(pairs)
+        if dataset is not None:  # a named dataset: a name under datasets:
+            select_dataset(cfg, dataset, source)
+        check_values(update, source)
+
+    for name in ("rows", "columns", "cells"):
+        for entry, overrides in (table[name] or {}).items():
+            check(overrides.items_ex(resolve=False) if overrides else [], f"table.{name}.{entry}")
+    for key, values in (table.sweep.items_ex(resolve=False) if table.sweep else []):
+        for value in values if isinstance(values, ListConfig) else [values]:
+            check([(key, value)], f"table.sweep.{key}")
 
 
 def apply_overrides(cfg: DictConfig, overrides: dict | DictConfig, source: str) -> DictConfig:
@@ -318,6 +324,12 @@ def cell_configs(cfg: DictConfig) -> dict[str, DictConfig]:
 
 
 # Keys that say where and how a run executes, not what it computes: left out of the config hash.
+def run_dir(cfg: DictConfig) -> Path:
+    """results/<experiment>/<row>/<column> for a table cell, results/<experiment>/default otherwise."""
+    cell = str(cfg.cell) if cfg.cell else "default/default"
+    return Path(cfg.paths.results_root) / str(cfg.experiment or "adhoc") / cell
+
+
 EXECUTION_KEYS = (
     "experiment", "cell", "overrides", "resume", "rerun", "save_predictions", "pictures", "table", "logger",
     "paths", "data.num_workers", "data.verify", "extract.progress", "extract.index", "extract.count",
@@ -335,9 +347,6 @@ def config_hash(cfg: DictConfig, ignore: tuple[str, ...] = ()) -> str:
     Devices, nodes, strategy and accelerator are left out so that a DDP evaluation, or a run resumed
     under another launch, keeps the training's hash; the training's world size is in its metrics.json
     (training on W devices draws W batches per step: other numbers than on one device)."""
-    import hashlib
-    import json
-
     launch = ("trainer.accelerator", "trainer.devices", "trainer.num_nodes", "trainer.strategy", "trainer.plugins",
               "trainer.enable_checkpointing", "trainer.default_root_dir", "trainer.profiler",
               "trainer.num_sanity_val_steps", "checkpoint")
@@ -363,12 +372,10 @@ def config_hash(cfg: DictConfig, ignore: tuple[str, ...] = ()) -> str:
         for part in parent.split(".") if parent else []:
             node = node.get(part, {})
         node.pop(leaf, None)
-    return hashlib.sha256(json.dumps(relative(resolved), sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return digest(relative(resolved), length=12)
 
 
 def save_config(cfg: DictConfig, path: Path) -> None:
     """Write the resolved config (atomically) so a run can be reproduced."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
-    os.replace(tmp, path)
+    write_atomic(path, OmegaConf.to_yaml(cfg, resolve=True).encode())

@@ -16,9 +16,17 @@ from typing import Callable, Iterable
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from bench.config import OPEN_NODES, ConfigError, cell_configs, dotted_layer, load_defaults, select_dataset
 
 log = logging.getLogger("regionbench.config")
+DEFAULTS = Path(__file__).with_name("defaults.yaml")  # also the schema: a key's default gives its type
+
+# Nodes whose keys are the user's own names (table rows, columns, reference numbers), and
+# `trainer`, which takes any pytorch_lightning.Trainer argument (checked in bench.runs).
+OPEN_NODES = ("table.rows", "table.columns", "table.cells", "table.reference", "table.sweep", "trainer")
+
+
+class ConfigError(ValueError):
+    """A config key, value or file that the user must fix."""
 
 # Every value a layer sets is checked as the layer is merged, naming the key, the value, what is
 # valid and the layer. A key takes the type listed below (fnmatch patterns: keys whose default is
@@ -26,7 +34,8 @@ log = logging.getLogger("regionbench.config")
 # bench/defaults.yaml (an int where the default is a float is fine; a null default not listed
 # takes any value); `trainer.*` takes the types pytorch_lightning.Trainer declares.
 KEY_TYPES = {
-    int: ("dataset.max_images", "extract.index", "extract.count", "model.in_dim", "model.cosine_t_max",
+    int: ("dataset.max_images", "dataset.max_frames_per_scene", "multiview.scene_frames", "extract.index",
+          "extract.count", "model.in_dim", "model.cosine_t_max",
           "model.decoder_params.transformer.width", "retrieval.search_k", "regions.params.*.points_per_*",
           "regions.params.*.crop_n_*", "regions.params.*.min_mask_region_area"),
     float: ("regions.params.*thresh*", "regions.params.*.stability_score_offset",
@@ -50,21 +59,21 @@ CHOICES: dict[str, Callable[[], Iterable]] = {
     "task": lambda: _module("bench.tasks").TASKS,
     "dataset.layout": lambda: _module("datamodules.datasets").LAYOUTS,
     "regions.source": lambda: (*_module("bench.regions").REGION_SOURCES, "none"),
-    "regions.params.sam.model_type": lambda: _module("bench.regions_sam").MODEL_TYPES["sam"],
-    "regions.params.hq_sam.model_type": lambda: _module("bench.regions_sam").MODEL_TYPES["hq_sam"],
-    "regions.params.mobile_sam.model_type": lambda: _module("bench.regions_sam").MODEL_TYPES["mobile_sam"],
-    "regions.params.sam2.model_type": lambda: _module("bench.regions_sam2").MODEL_TYPES,
-    "regions.params.sam2.version": lambda: _module("bench.regions_sam2").VERSIONS,
-    "regions.params.*.preset": lambda: _module("bench.regions_sam").AMG_PRESETS,
-    "regions.params.sam_slic.sam": lambda: (*_module("bench.regions_sam").SAM_FAMILY,
-                                            *_module("bench.regions_sam2").SAM2_FAMILY),
+    "regions.params.sam.model_type": lambda: _module("bench.regions.sam").MODEL_TYPES["sam"],
+    "regions.params.hq_sam.model_type": lambda: _module("bench.regions.sam").MODEL_TYPES["hq_sam"],
+    "regions.params.mobile_sam.model_type": lambda: _module("bench.regions.sam").MODEL_TYPES["mobile_sam"],
+    "regions.params.sam2.model_type": lambda: _module("bench.regions.sam2").MODEL_TYPES,
+    "regions.params.sam2.version": lambda: _module("bench.regions.sam2").VERSIONS,
+    "regions.params.*.preset": lambda: _module("bench.regions.sam").AMG_PRESETS,
+    "regions.params.sam_slic.sam": lambda: (*_module("bench.regions.sam").SAM_FAMILY,
+                                            *_module("bench.regions.sam2").SAM2_FAMILY),
     "backbone.name": lambda: _module("bench.backbones").BACKBONES,
-    "backbone.params.*.dtype": lambda: _module("bench.backbones_vit").DTYPES,
+    "backbone.params.*.dtype": lambda: _module("bench.backbones.vit").DTYPES,
     "pooling.mode": lambda: _module("bench.pooling").POOLING_MODES,
     "data.verify": lambda: ("exists", "size", "sha256"),  # bench.shards.verify_shards
     "model.preset": lambda: _module("bench.presets").PRESETS,
     "model.compat": lambda: _module("bench.presets").COMPAT,
-    "model.kind": lambda: _module("models.segmenter").MODELS,
+    "model.kind": lambda: {**_module("models.segmenter").MODELS, **_module("models.multiview").MODELS},
     "model.decoder": lambda: _module("models.decoders").DECODERS,
     "model.label_denominator": lambda: _module("bench.labels").LABEL_DENOMINATORS,
     "model.loss_weighting": lambda: _module("models.segmenter").LOSS_WEIGHTINGS,
@@ -72,16 +81,20 @@ CHOICES: dict[str, Callable[[], Iterable]] = {
     "model.scheduler": lambda: ("cosine", "none"),  # models.segmenter.configure_optimizers
     "logger.kind": lambda: ("csv", "tensorboard", "wandb", "none"),  # bench.runs.build_logger
     "leaderboard.sort": lambda: _module("bench.leaderboard").METRICS,
-    "retrieval.method": lambda: _module("bench.retrieval").METHODS,
-    "retrieval.index": lambda: _module("bench.region_index").KINDS,
-    "retrieval.similarity": lambda: _module("bench.region_index").SIMILARITIES,
-    "retrieval.no_positives": lambda: ("error", "skip"),  # bench.retrieval.evaluate_retrieval
+    "multiview.context": lambda: _module("models.multiview").CONTEXTS,
+    "retrieval.method": lambda: _module("bench.retrieval.evaluate").METHODS,
+    "retrieval.index": lambda: _module("bench.retrieval.index").KINDS,
+    "retrieval.similarity": lambda: _module("bench.retrieval.index").SIMILARITIES,
+    "retrieval.no_positives": lambda: ("error", "skip"),  # bench.retrieval.evaluate.evaluate_retrieval
 }
 
 
 @functools.lru_cache(maxsize=None)
 def _defaults() -> DictConfig:
-    return load_defaults()
+    """bench/defaults.yaml with ``dataset`` the default named dataset's node (the schema of ``dataset.*``)."""
+    cfg = OmegaConf.load(DEFAULTS)
+    cfg.dataset = cfg.datasets[cfg.dataset]
+    return cfg
 
 
 def _schema_key(key: str) -> str:
@@ -213,24 +226,6 @@ def check_values(update: DictConfig, source: str, prefix: str = "") -> None:
             check_values(node, source, full + ".")
 
 
-def check_table(cfg: DictConfig) -> None:
-    """The values every table row, column, cell and sweep point sets, before any cell runs."""
-    table = cfg.table
-
-    def check(pairs, source: str) -> None:
-        update, dataset = dotted_layer(pairs)
-        if dataset is not None:  # a named dataset: a name under datasets:
-            select_dataset(cfg, dataset, source)
-        check_values(update, source)
-
-    for name in ("rows", "columns", "cells"):
-        for entry, overrides in (table[name] or {}).items():
-            check(overrides.items_ex(resolve=False) if overrides else [], f"table.{name}.{entry}")
-    for key, values in (table.sweep.items_ex(resolve=False) if table.sweep else []):
-        for value in values if isinstance(values, ListConfig) else [values]:
-            check([(key, value)], f"table.sweep.{key}")
-
-
 def check_extract_share(cfg: DictConfig) -> None:
     """``extract.index`` needs ``extract.count`` and lies in 0..count-1."""
     index, count = cfg.extract.index, cfg.extract.count
@@ -241,49 +236,3 @@ def check_extract_share(cfg: DictConfig) -> None:
                           f"e.g. extract.index={index} extract.count=4")
     if index is not None and not 0 <= index < count:
         raise ConfigError(f"extract.index={index} must lie in 0..{count - 1} with extract.count={count}")
-
-
-def check_inputs(cfg: DictConfig) -> None:
-    """Before any work starts: in every selected cell, the dataset root exists (unless the built-in
-    mini set is generated there) and every ``checkpoint`` file of the chosen region source and
-    backbone exists. Raises FileNotFoundError listing all that are missing."""
-    missing: dict[str, list[str]] = {}  # what is missing -> the cells that need it
-
-    def checkpoints(node, key: str):
-        if isinstance(node, dict):
-            for k, v in node.items():
-                yield from checkpoints(v, f"{key}.{k}")
-        elif key.endswith(".checkpoint") and node is not None:
-            yield key, Path(str(node)).expanduser()
-
-    for cell, ccfg in cell_configs(cfg).items():
-        if ccfg.dataset.generate is None and not Path(ccfg.dataset.root).exists():
-            missing.setdefault(f"dataset.root={ccfg.dataset.root}: no such directory (set dataset.root to the "
-                               "downloaded dataset)", []).append(cell)
-        chosen = [f"backbone.params.{ccfg.backbone.name}"]
-        if ccfg.regions.source != "none":
-            chosen.append(f"regions.params.{ccfg.regions.source}")
-        for node in chosen:
-            params = OmegaConf.to_container(OmegaConf.select(ccfg, node, default={}) or {}, resolve=True)
-            for key, path in checkpoints(params, node):
-                if path.is_file():
-                    continue
-                if node.startswith("backbone.") and _feature_cache_filled(ccfg, params):
-                    log.warning("%s=%s: no such file; %s reads its grids from the feature cache, and an image "
-                                "missing from it will stop extraction", key, path, cell)
-                    continue
-                missing.setdefault(f"{key}={path}: no such file", []).append(cell)
-    if missing:
-        lines = [f"{what} (cells: {', '.join(cells)})" for what, cells in missing.items()]
-        raise FileNotFoundError(
-            "missing inputs, nothing was written:\n  " + "\n  ".join(lines) + "\nCheckpoints are local files "
-            "under paths.weights_root ($REGIONBENCH_WEIGHTS), never downloaded; python -m bench.random_weights "
-            "writes random-weight stand-ins for smoke runs")
-
-
-def _feature_cache_filled(cfg: DictConfig, params: dict) -> bool:
-    """Whether the cell's backbone config has grids in the feature cache (a copied cache needs no weights)."""
-    from bench.feature_cache import cache_dir
-
-    root = cfg.extract.feature_cache
-    return root is not None and (cache_dir(root, cfg.dataset.name, cfg.backbone.name, params) / "meta.json").is_file()

@@ -15,7 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from bench.checkpoints import (LAST, PREVIOUS, AtomicCheckpointIO, ReplayLoader, RunCheckpoints, damage, move_aside,
-                               read_checkpoint, remove_stale_writes, resume_point, sha256, usable_checkpoint)
+                               read_checkpoint, remove_stale_writes, resume_point, usable_checkpoint)
+from bench.atomic import file_sha256 as sha256, write_atomic
 from bench.config import config_hash
 from bench.shards import ShardError
 from datamodules.region_shards import RegionShardDataModule
@@ -37,12 +38,6 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
     # Epoch-level values are synced by the metric itself before logging.
     warnings.filterwarnings("ignore", message=r".*sync_dist=True.*when logging on epoch level")
-
-
-def run_dir(cfg: DictConfig) -> Path:
-    """results/<experiment>/<row>/<column> for a table cell, results/<experiment>/default otherwise."""
-    cell = str(cfg.cell) if cfg.cell else "default/default"
-    return Path(cfg.paths.results_root) / str(cfg.experiment or "adhoc") / cell
 
 
 class ResumableShards(RegionShardDataModule):
@@ -81,16 +76,23 @@ def check_shards(cfg: DictConfig, datamodule: RegionShardDataModule, split: str)
     return manifest
 
 
-def build_model(cfg: DictConfig, manifest: dict) -> pl.LightningModule:
+def model_params(cfg: DictConfig, manifest: dict, models: dict) -> dict:
+    """The ``model:`` keys as constructor arguments (``kind`` among them, checked against ``models``),
+    with ``in_dim`` from the shard manifest."""
     params = OmegaConf.to_container(cfg.model, resolve=True)
-    kind = params.pop("kind")
-    if kind not in MODELS:
-        raise ValueError(f"model.kind={kind!r} is unknown; valid: {', '.join(MODELS)}")
+    if params["kind"] not in models:
+        raise ValueError(f"model.kind={params['kind']!r} is unknown for task {cfg.task}; valid: {', '.join(models)}")
     dim = manifest["feature_dim"]
     if params["in_dim"] is not None and params["in_dim"] != dim:
         raise ValueError(f"shards in {cfg.extract.shard_dir} have feature dim {dim} but model.in_dim is "
                          f"{params['in_dim']}: re-extract or set model.in_dim={dim}")
     params["in_dim"] = dim
+    return params
+
+
+def build_model(cfg: DictConfig, manifest: dict) -> pl.LightningModule:
+    params = model_params(cfg, manifest, MODELS)
+    kind = params.pop("kind")
     return MODELS[kind](num_classes=cfg.dataset.num_classes, ignore_index=cfg.dataset.ignore_index, **params)
 
 
@@ -130,6 +132,8 @@ def data_report(datamodule: RegionShardDataModule, cfg: DictConfig) -> dict:
     splits = [cfg.dataset.train_split, cfg.dataset.val_split]
     stats = datamodule.manifest(cfg.dataset.val_split)["region_stats"]
     return {"skipped": {split: datamodule.manifest(split)["skipped"] for split in splits},
+            "notes": {split: {name: {"count": len(ids), "ids": ids} for name, ids in
+                              datamodule.manifest(split).get("notes", {}).items()} for split in splits},
             "region_stats": stats, "feature_cache": datamodule.manifest(cfg.dataset.val_split).get("feature_cache"), **{k: stats.get(k) for k in ("regions_per_image", "seconds_per_image", "coverage",
                                           "backbone_seconds_per_image", "feature_cache_hit_rate")}}
 
@@ -137,9 +141,7 @@ def data_report(datamodule: RegionShardDataModule, cfg: DictConfig) -> dict:
 def write_json(path: Path, data: dict) -> None:
     """Atomic write: a reader never sees half a metrics.json."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, allow_nan=True))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=1, allow_nan=True).encode())
 
 
 def summarize(metrics: dict, class_names: list[str] | None = None) -> str:

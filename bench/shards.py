@@ -88,7 +88,8 @@ import numpy as np
 from PIL import Image
 
 from bench import atomic
-from bench.mask_cache import summarize_stats
+from bench.atomic import file_sha256 as sha256
+from bench.regions.cache import summarize_stats
 
 log = logging.getLogger("regionbench.shards")
 
@@ -273,14 +274,24 @@ def _tar_members(data, url: str) -> list[tuple[str, int, int]]:
 
     Parses ustar headers directly, with pax extended headers (shards written before mtime became
     an int have one per member) applied for ``path`` and ``size``; an archive with other member
-    types (GNU long names: our writer never makes them) is listed by ``tarfile`` instead. Like
-    ``tarfile``, a cut at a member boundary or inside a header ends the archive silently (the
-    manifest's key check catches it); a cut inside a member's data or a bad checksum raises.
+    types (GNU long names: our writer never makes them) is listed by ``tarfile`` instead.
+
+    Damage is met as ``tarfile`` meets it (fuzz-tested against it): an empty or cut first header,
+    a cut inside a member's data or its padding, or a cut or bad header after a pax header raise;
+    a cut at a member boundary or inside a later header ends the archive (the manifest's key check
+    catches the missing samples). A bad checksum raises anywhere (``tarfile`` would end there).
     """
     members, headers, pos, pax, end = [], [], 0, None, len(data)
-    while pos + 512 <= end:
+    after_pax = False  # the next header completes a pax header: it must be there and be a member
+    if end < 512:
+        raise tarfile.ReadError("empty file" if end == 0 else f"truncated header in {url}")
+    while pos + 512 <= end or after_pax:
+        if pos + 512 > end:
+            raise tarfile.ReadError(f"truncated header after a pax header in {url} (byte {pos})")
         kind = data[pos + 156]
         if kind == 0 and data[pos:pos + 512] == _ZERO_BLOCK:
+            if after_pax:
+                raise tarfile.ReadError(f"empty header after a pax header in {url} (byte {pos})")
             break
         if kind not in (_FILE, _OLD_FILE, _DIRECTORY, _PAX, _GLOBAL_PAX) or data[pos + 124] & 0x80:
             with tarfile.open(fileobj=io.BytesIO(data)) as tar:
@@ -288,21 +299,23 @@ def _tar_members(data, url: str) -> list[tuple[str, int, int]]:
         headers.append(pos)
         size = int(data[pos + 124:pos + 136].rstrip(b"\0 ") or b"0", 8)
         start = pos + 512
-        if start + size > end:
+        if start + (size + 511) // 512 * 512 > end:
             raise tarfile.ReadError(f"unexpected end of data in {url} (member at byte {pos} is cut)")
         if kind == _PAX:  # records "<length> <key>=<value>\n" for the next member
             block = data[start:start + size]
             pax = _pax_records(block) if b" path=" in block or b" size=" in block else None
+            after_pax = True
         elif kind in (_FILE, _OLD_FILE):
             name = data[pos:pos + 100].split(b"\0", 1)[0].decode()
             if data[pos + 345] and data[pos + 257:pos + 262] == b"ustar":
                 name = data[pos + 345:pos + 500].split(b"\0", 1)[0].decode() + "/" + name
             if pax:
                 name, size = pax.get("path", name), int(pax.get("size", size))
-                if start + size > end:
+                if start + (size + 511) // 512 * 512 > end:
                     raise tarfile.ReadError(f"unexpected end of data in {url} (member {name!r} is cut)")
             members.append((name, start, size))
-            pax = None
+        if kind != _PAX:
+            pax, after_pax = None, False
         pos = start + (size + 511) // 512 * 512
     _check_header_sums(data, headers, url)
     return members
@@ -409,14 +422,6 @@ def _shard_samples(data, url: str) -> Iterator[dict]:
 
 
 # ----------------------------------------------------------------------------- writing
-def sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def shard_name(index: int) -> str:
     return f"shard-{index:06d}"
 
@@ -451,23 +456,15 @@ def write_shard_hashed(path: Path, samples: Iterable[dict]) -> tuple[list[str], 
     """
     import webdataset as wds
 
-    tmp = atomic.tmp_path(path)
     keys: list[str] = []
-    try:
-        with open(tmp, "wb") as stream:
-            hashing = _HashingWriter(stream)
-            # mtime an int: a float one makes tarfile add a pax header to every member
-            writer = wds.TarWriter(hashing, encoder=False, mtime=0, user="regionbench", group="regionbench")
-            for sample in samples:
-                writer.write(sample)
-                keys.append(sample["__key__"])
-            writer.close()
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic.atomic_file(path, fsync=True) as stream:
+        hashing = _HashingWriter(stream)
+        # mtime an int: a float one makes tarfile add a pax header to every member
+        writer = wds.TarWriter(hashing, encoder=False, mtime=0, user="regionbench", group="regionbench")
+        for sample in samples:
+            writer.write(sample)
+            keys.append(sample["__key__"])
+        writer.close()
     return keys, hashing.digest.hexdigest(), hashing.bytes
 
 
@@ -622,6 +619,7 @@ def merge_manifest(split_dir: Path, plan: list[list[str]], info: dict,
             "split_ids_sha256": split_ids_digest(ids),
             "skipped": [s for e in shards for s in e["skipped"]],
             "cache_damaged": [p for e in shards for s in e["stats"].values() for p in s.get("cache_damaged", ())],
+            "notes": notes_of({k: v for e in shards for k, v in e["stats"].items()}),
             "region_stats": summarize_stats({k: v for e in shards for k, v in e["stats"].items()}),
             "shards": shards,
             **info,
@@ -629,6 +627,16 @@ def merge_manifest(split_dir: Path, plan: list[list[str]], info: dict,
         }
         atomic.write_atomic(split_dir / "manifest.json", json.dumps(manifest, indent=1).encode(), fsync=True)
     return manifest
+
+
+def notes_of(stats: dict[str, dict]) -> dict[str, list[str]]:
+    """{note: the sample ids it was made on} from per-sample extraction statistics (a task's
+    ``notes``, e.g. frames with an invalid pose), in sample order."""
+    out: dict[str, list[str]] = {}
+    for key, values in stats.items():
+        for note in values.get("notes", ()):
+            out.setdefault(note, []).append(key)
+    return out
 
 
 def load_manifest(split_dir: Path | str) -> dict:
@@ -724,6 +732,36 @@ def verify_shards(split_dir: Path | str, manifest: dict, level: str = "size") ->
                              "it is truncated or was overwritten. Delete it and re-run extraction")
         if level == "sha256" and sha256(tar) != shard["sha256"]:
             raise ShardError(f"shard {tar} does not match its sha256 in the manifest: delete it and re-run extraction")
+
+
+def read_split(split_dir: Path | str, keys: Iterable[str] | None = None, verify: str = "sha256",
+               fields: tuple[str, ...] | None = None) -> tuple[Iterator[dict], dict]:
+    """(decoded samples in shard order, manifest) of an extracted split: the one reader the
+    tools share with training (``read_tar_samples``). ``keys``: only these samples, reading only
+    the shards that hold them. ``verify``: "sha256" checks each shard's hash as it is read,
+    "size"/"exists" only what ``verify_shards`` checks. When every shard is read, the samples
+    read must be exactly those the manifest lists, else ``ShardError`` (a shard cut at a member
+    boundary reads as a valid shorter archive)."""
+    split_dir = Path(split_dir)
+    manifest = load_manifest(split_dir)
+    verify_shards(split_dir, manifest, level="exists" if verify == "exists" else "size")
+    wanted = None if keys is None else set(keys)
+    chosen = [s for s in manifest["shards"] if wanted is None or wanted & set(s["keys"])]
+    urls = {str(split_dir / f"{s['name']}.tar"): s for s in chosen}
+    sha256s = {url: s["sha256"] for url, s in urls.items()} if verify == "sha256" else None
+
+    def samples() -> Iterator[dict]:
+        read = []
+        for raw in read_tar_samples(urls, sha256s):
+            read.append(raw["__key__"])
+            if wanted is None or raw["__key__"] in wanted:
+                yield decode_sample(raw, fields)
+        expected = [k for s in chosen for k in s["keys"]]
+        if read != expected:
+            raise ShardError(f"{split_dir}: the shards hold other samples than manifest.json lists "
+                             f"({len(read)} read, {len(expected)} listed): delete them and re-run: {REEXTRACT}")
+
+    return samples(), manifest
 
 
 def iter_tar_keys(path: Path) -> Iterator[str]:

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from bench.config import cell_config, table_cells, table_rows
+from bench.config import cell_config, run_dir, table_cells, table_rows
 
 
-def collect(cfg: DictConfig, run_dir) -> dict[str, dict | None]:
+def collect(cfg: DictConfig) -> dict[str, dict | None]:
     """cell -> its metrics.json content, or None when the cell has not been run."""
     out = {}
     for cell in table_cells(cfg):
@@ -33,7 +33,7 @@ METRIC_FORMATS = {
     "mean_class_acc": (100, "{:.2f}"), "coverage": (100, "{:.2f}"), "feature_cache_hit_rate": (100, "{:.2f}"),
     "seconds_per_image": (1, "{:.3f}"), "regions_per_image": (1, "{:.1f}"),
     "backbone_seconds_per_image": (1, "{:.4f}"), "train_seconds": (1, "{:.0f}"),
-    # retrieval (bench/retrieval.py): fractions, as the paper's Table 8 prints them
+    # retrieval (bench/retrieval/evaluate.py): fractions, as the paper's Table 8 prints them
     "map": (1, "{:.3f}"), "precision_at_50": (1, "{:.3f}"), "chance_map": (1, "{:.3f}"),
     "search_seconds_per_query": (1, "{:.5f}"), "index_build_seconds": (1, "{:.3f}"),
 }
@@ -92,22 +92,21 @@ def table_grid(cfg: DictConfig, results: dict[str, dict | None]) -> tuple[list[s
     return header, lines
 
 
-def missing_commands(cfg: DictConfig, results: dict[str, dict | None]) -> list[str]:
-    from bench.tasks import get_task  # tasks import the shared stages, not the other way round
-
-    step = "train.py" if get_task(cfg.task).trains else "eval.py"
+def missing_commands(cfg: DictConfig, results: dict[str, dict | None], next_step: str = "train.py") -> list[str]:
+    """How to fill each missing cell: extract, then ``next_step`` (train.py, or eval.py for a task
+    that does not train)."""
     return [f"- {c}: `python -m bench.extract experiment={cfg.experiment} cell={c} && "
-            f"python {step} experiment={cfg.experiment} cell={c}`" for c, m in results.items() if m is None]
+            f"python {next_step} experiment={cfg.experiment} cell={c}`" for c, m in results.items() if m is None]
 
 
-def render_markdown(cfg: DictConfig, results: dict[str, dict | None]) -> str:
+def render_markdown(cfg: DictConfig, results: dict[str, dict | None], next_step: str = "train.py") -> str:
     header, rows = table_grid(cfg, results)
     lines = [f"### {cfg.table.title or cfg.experiment}", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     if cfg.table.reference:
         lines += ["", "paper: the paper's number; Δ: ours - paper (percentage points for IoUs)."]
-    missing = missing_commands(cfg, results)
+    missing = missing_commands(cfg, results, next_step)
     if missing:
         lines += ["", "Missing cells:"] + missing
     skipped = sorted({(s["id"], s["path"]) for m in results.values() if m
@@ -152,10 +151,11 @@ def render_latex(cfg: DictConfig, results: dict[str, dict | None]) -> str:
     return f"% {_latex_escape(str(cfg.table.title or cfg.experiment))}\n" + "\n".join(lines) + "\n"
 
 
-def write_tables(cfg: DictConfig, run_dir, out_dir: Path) -> str:
-    """Render the experiment's table to out_dir/table.{md,csv,tex}; returns the Markdown."""
-    results = collect(cfg, run_dir)
-    markdown = render_markdown(cfg, results)
+def write_tables(cfg: DictConfig, out_dir: Path, next_step: str = "train.py") -> str:
+    """Render the experiment's table to out_dir/table.{md,csv,tex}; returns the Markdown. Missing
+    cells are listed with their commands (``next_step`` after extraction)."""
+    results = collect(cfg)
+    markdown = render_markdown(cfg, results, next_step)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "table.md").write_text(markdown)
     (out_dir / "table.csv").write_text(render_csv(cfg, results))

@@ -87,7 +87,7 @@ def slic_labels(image: np.ndarray) -> np.ndarray:
 @lru_cache(maxsize=None)
 def make_case(name: str, seed: int = 0, feature_dim: int = FEATURE_DIM) -> Case:
     """The named case (see ``SIZES``); cached, so treat the arrays as read-only."""
-    from bench.sam_slic import merge_sam_slic
+    from bench.regions.sam_slic import merge_sam_slic
 
     height, width, target = SIZES[name]
     rng = np.random.default_rng(seed)
@@ -106,7 +106,7 @@ def make_case(name: str, seed: int = 0, feature_dim: int = FEATURE_DIM) -> Case:
 
 def tiny_case(seed: int = 0, height: int = 61, width: int = 83, masks: int = 12, feature_dim: int = 16) -> Case:
     """A small case of the same construction (SLIC with 50 components still), for tests."""
-    from bench.sam_slic import merge_sam_slic
+    from bench.regions.sam_slic import merge_sam_slic
 
     rng = np.random.default_rng(seed)
     image = synthetic_image(rng, height, width)

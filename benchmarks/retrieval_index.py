@@ -3,7 +3,7 @@
     python -m benchmarks.retrieval_index [--n 1000000] [--dim 1024] [--regions-per-image 100]
                                          [--queries 50] [--nlist 1024] [--pq-m 64] [--nprobe 32] [--out FILE]
 
-For each index kind of ``bench.region_index`` (flat = exact IndexFlatIP; ivfpq = IVF + PQ with
+For each index kind of ``bench.retrieval.index`` (flat = exact IndexFlatIP; ivfpq = IVF + PQ with
 the config defaults) it reports the build time (training + adding) and, per query:
 
   top-k     a FAISS search for the k=100 best regions, one query at a time (interactive search)
@@ -29,7 +29,7 @@ import time
 
 import numpy as np
 
-from bench.region_index import IndexParams, RegionIndex
+from bench.retrieval.index import IndexParams, RegionIndex
 
 
 def random_vectors(n: int, dim: int, seed: int, chunk: int = 65536) -> np.ndarray:

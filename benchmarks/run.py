@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from benchmarks import geometry as geometry_bench
 from benchmarks import shards as shard_bench
 from benchmarks import throughput
 from benchmarks.hot_paths import CASES, HOT_PATHS
@@ -34,7 +35,7 @@ from benchmarks.measure import measure_memory_in_child, median_seconds, peak_ext
 
 TARGET_CASE = "ade20k"
 BUSY_LOAD = 1.5  # 1-min load average on 2 cores above which other jobs compete with the timing
-EXTRA = ("shards", "decoders", "precision", "extraction")
+EXTRA = ("shards", "decoders", "precision", "extraction", "geometry")
 
 
 def time_hot_path(name: str, case, runs: int) -> dict:
@@ -284,6 +285,8 @@ def main(argv: list[str] | None = None) -> dict:
     if "extraction" in chosen:
         print(f"[{time.perf_counter() - start:5.0f} s] extraction", flush=True)
         rows.append(extraction_row())
+    if "geometry" in chosen:  # 3D region positions at ScanNet size; the literal reference runs once
+        rows.append(geometry_bench.row(args.runs))
     wall = time.perf_counter() - start
     table = markdown(rows)
     print()

@@ -1,6 +1,6 @@
 """The SAM+SLIC merge: SLIC superpixels fill what the SAM masks leave uncovered (spec §1.4).
 
-Ours: ``bench.sam_slic.merge_sam_slic`` (two bincounts over the label map and one scatter).
+Ours: ``bench.regions.sam_slic.merge_sam_slic`` (two bincounts over the label map and one scatter).
 Reference: ``reference_merge`` below, the released ``merge_sam_and_slic_regions.py`` loop
 literally, on CPU torch tensors as the released code runs by default: for every SLIC label
 present in the uncovered area, compare the whole label map with it, intersect, count, keep.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from bench.sam_slic import merge_sam_slic
+from bench.regions.sam_slic import merge_sam_slic
 from benchmarks.inputs import Case
 
 

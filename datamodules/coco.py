@@ -1,6 +1,6 @@
 """COCO instances (``instances_<split>.json`` + image folders), read with pycocotools' mask API.
 
-Layout (the 2017 download; RegionBench's mini set, ``python -m bench.minicoco ROOT``, is the same)::
+Layout (the 2017 download; RegionBench's mini set, ``python -m datamodules.synthetic.minicoco ROOT``, is the same)::
 
     <root>/annotations/instances_<split>.json   (or annotations/<split>.json)
     <root>/<split>/<file_name>                  (or images/<split>/, images/, or <root> itself)

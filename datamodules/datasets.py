@@ -8,13 +8,13 @@ from typing import Callable, Iterator
 import numpy as np
 from omegaconf import DictConfig
 
-from datamodules import ade20k, coco, folder, voc
+from datamodules import ade20k, coco, folder, scannet, voc
 
 
 @dataclass(frozen=True)
 class Layout:
     iter_samples: Callable[[Path, str], Iterator[voc.VocSample]]
-    load_label: Callable[[Path], np.ndarray]
+    load_label: Callable[[Path], np.ndarray] | None  # None: units are not an image and a label map
     class_names: Callable[[Path], list[str]]
     # (directory, image id, prediction (H, W) int, -1 = undecided) -> the PNG written
     save_prediction: Callable[[Path, str, np.ndarray], Path] | None = None
@@ -23,21 +23,31 @@ class Layout:
 
 
 def _generate_minivoc(root: Path, **params) -> Path:
-    from bench.minivoc import generate_minivoc
+    from datamodules.synthetic.minivoc import generate_minivoc
 
     return generate_minivoc(root, **params)
 
 
 def _generate_miniade(root: Path, **params) -> Path:
-    from bench.miniade import generate_miniade
+    from datamodules.synthetic.miniade import generate_miniade
 
     return generate_miniade(root, **params)
 
 
 def _generate_minicoco(root: Path, **params) -> Path:
-    from bench.minicoco import generate_minicoco
+    from datamodules.synthetic.minicoco import generate_minicoco
 
     return generate_minicoco(root, **params)
+
+
+def _generate_miniscannet(root: Path, **params) -> Path:
+    from datamodules.synthetic.miniscannet import generate_miniscannet
+
+    return generate_miniscannet(root, **params)
+
+
+def _scannet_classes(root: Path) -> list[str]:
+    return [name for _, name in scannet.read_scored_classes(Path(root) / scannet.CLASSES_NAME)]
 
 
 LAYOUTS = {
@@ -48,6 +58,11 @@ LAYOUTS = {
     # label_path is a coco.CocoLabel (annotation file, image id); labels: contiguous category indices
     "coco": Layout(coco.iter_samples, coco.load_label, coco.class_names, generate=_generate_minicoco),
     "folder": Layout(folder.iter_samples, folder.load_label, folder.class_names),  # own images, unlabelled
+    # RGB-D frames (task: multiview, which lists and reads its frames itself: bench/tasks/multiview.py)
+    "scannet": Layout(lambda root, split: scannet.iter_frames(root, split, "scannet"), None, _scannet_classes,
+                      generate=_generate_miniscannet),
+    "scannet_frames_25k": Layout(lambda root, split: scannet.iter_frames(root, split, "scannet_frames_25k"), None,
+                                 _scannet_classes),
 }
 
 

@@ -1,5 +1,5 @@
 """A folder of one's own images as an unlabelled dataset (``dataset.layout: folder``), for the
-region search tool (``python -m bench.search``).
+region search tool (``python -m bench.tools.search``).
 
 Every file under ``root`` (recursively) with a suffix in ``IMAGE_SUFFIXES`` is a sample, in
 sorted path order; ``split`` is ignored. The sample key is the path relative to ``root`` without

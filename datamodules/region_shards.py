@@ -29,11 +29,12 @@ are drawn with one fancy index (``shuffled_region_batches``), not a Python objec
 """
 from __future__ import annotations
 
+import functools
 import math
 import random
 import warnings
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 import pytorch_lightning as pl
@@ -46,11 +47,19 @@ from datamodules.datasets import split_name
 # ----------------------------------------------------------------------------- stages
 
 
-def collate_regions(samples: list[dict]) -> dict:
+def _tensor(array: np.ndarray) -> torch.Tensor:
+    """A region-level member -> tensor: floats as float32, integers as int64, booleans as bool."""
+    if array.dtype.kind == "f":
+        return float32(array) if array.ndim == 2 else torch.from_numpy(array.astype(np.float32))
+    return torch.from_numpy(array.astype(bool if array.dtype.kind == "b" else np.int64))
+
+
+def collate_regions(samples: list[dict], region_fields: tuple[str, ...] = ()) -> dict:
     """Decoded samples -> one batch: region tensors concatenated, per-image data in lists.
 
     feats (N, d) float32, hist (N, C+1) int64, areas (N,) int64, image_index (N,) int64
-    with N the total region count; keys, labels (H, W), rles, metas and patches per image.
+    with N the total region count, and each of ``region_fields`` (a task's per-region members,
+    e.g. pos2d (N, 6)) concatenated the same way; keys, labels (H, W), rles, metas and patches per image.
     """
     counts = [len(s["feats"]) for s in samples]
     dim = samples[0]["feats"].shape[1]
@@ -65,8 +74,47 @@ def collate_regions(samples: list[dict]) -> dict:
         "rles": [s["rle"] for s in samples],
         "metas": [s["meta"] for s in samples],
     }
+    for name in region_fields:
+        batch[name] = _tensor(np.concatenate([s[name] for s in samples]))
     if "patches" in samples[0]:
         batch["patches"] = [float32(s["patches"]) for s in samples]
+    return batch
+
+
+def frame_groups(samples: Iterator[dict], group_of: Callable[[str], str],
+                 group_frames: int | None) -> Iterator[list[dict]]:
+    """Consecutive samples of one group (a scene: ``group_of(key)``) -> lists of samples. A group of
+    F frames with ``group_frames`` = n < F is split into ceil(F / n) evenly interleaved groups (frames
+    j, j + k, j + 2k, ... with k = ceil(F / n)), so each covers the whole scene."""
+    current, name = [], None
+    for sample in samples:
+        group = group_of(sample["key"] if "key" in sample else sample["__key__"])
+        if current and group != name:
+            yield from _interleave(current, group_frames)
+            current = []
+        current.append(sample)
+        name = group
+    if current:
+        yield from _interleave(current, group_frames)
+
+
+def _interleave(frames: list, group_frames: int | None) -> list[list]:
+    k = 1 if not group_frames else -(-len(frames) // group_frames)
+    return [frames[j::k] for j in range(k)]
+
+
+def count_groups(keys: list[str], group_of: Callable[[str], str], group_frames: int | None) -> int:
+    """How many groups ``frame_groups`` makes of samples with these keys (in stream order)."""
+    return sum(1 for _ in frame_groups(({"key": k} for k in keys), group_of, group_frames))
+
+
+def collate_groups(groups: list[list[dict]], region_fields: tuple[str, ...] = ()) -> dict:
+    """Groups of decoded samples -> ``collate_regions`` of all their samples, plus group_index (N,)
+    int64: the group of each region (a transformer attends within it)."""
+    samples = [s for group in groups for s in group]
+    batch = collate_regions(samples, region_fields)
+    counts = [sum(len(s["feats"]) for s in group) for group in groups]
+    batch["group_index"] = torch.from_numpy(np.repeat(np.arange(len(groups)), counts))
     return batch
 
 
@@ -88,8 +136,9 @@ REGION_FIELDS = ("feats", "hist", "areas")  # what region-level training decodes
 
 
 def shuffled_region_batches(samples: Iterator[dict], buffer: int, batch_size: int,
-                            rng: np.random.Generator) -> Iterator[dict]:
-    """Decoded samples -> batches of ``batch_size`` regions, as ``collate_region_rows`` makes them.
+                            rng: np.random.Generator, fields: tuple[str, ...] = REGION_FIELDS) -> Iterator[dict]:
+    """Decoded samples -> batches of ``batch_size`` regions, as ``collate_region_rows`` makes them
+    (plus any further per-region ``fields``, e.g. a task's positions).
 
     A region shuffle buffer without a Python object per region: incoming regions are copied
     into free rows of preallocated arrays (the pool), and an index array lists the occupied
@@ -98,12 +147,12 @@ def shuffled_region_batches(samples: Iterator[dict], buffer: int, batch_size: in
     8-byte row numbers move, never the rows. When the stream ends the pool is drained the same
     way; a last partial batch is dropped.
     """
-    pool: list[np.ndarray] | None = None  # feats, hist, areas rows
+    pool: list[np.ndarray] | None = None  # one array per field, a row per region
     occupied = np.empty(0, dtype=np.int64)  # occupied[:size]: rows holding regions
     free = np.empty(0, dtype=np.int64)  # rows to reuse; rows >= top were never used
     size = top = 0
     for sample in samples:
-        rows = (sample["feats"], sample["hist"], sample["areas"])
+        rows = tuple(sample[name] for name in fields)
         count = len(rows[0])
         reuse = min(count, len(free))
         slots = np.concatenate([free[len(free) - reuse:], np.arange(top, top + count - reuse)])
@@ -124,10 +173,10 @@ def shuffled_region_batches(samples: Iterator[dict], buffer: int, batch_size: in
         while size >= max(buffer, batch_size):
             size, drawn = _draw(occupied, size, batch_size, rng)
             free = np.concatenate([free, drawn])
-            yield _region_batch(pool, drawn)
+            yield _region_batch(pool, drawn, fields)
     while size >= batch_size:
         size, drawn = _draw(occupied, size, batch_size, rng)
-        yield _region_batch(pool, drawn)
+        yield _region_batch(pool, drawn, fields)
 
 
 def _draw(occupied: np.ndarray, size: int, batch_size: int, rng: np.random.Generator) -> tuple[int, np.ndarray]:
@@ -161,11 +210,8 @@ def float32(array: np.ndarray) -> torch.Tensor:
     return out
 
 
-def _region_batch(pool: list[np.ndarray], rows: np.ndarray) -> dict:
-    feats, hist, areas = pool
-    return {"feats": float32(feats[rows]),
-            "hist": torch.from_numpy(hist[rows].astype(np.int64)),
-            "areas": torch.from_numpy(areas[rows].astype(np.int64))}
+def _region_batch(pool: list[np.ndarray], rows: np.ndarray, fields: tuple[str, ...] = REGION_FIELDS) -> dict:
+    return {name: _tensor(array[rows]) for name, array in zip(fields, pool)}
 
 
 def verified(samples: Iterator[dict], expected: dict[str, list[str]], urls: list[str]) -> Iterator[dict]:
@@ -216,23 +262,35 @@ def _checksums(urls: list[str], manifest: dict, verify: bool) -> dict[str, str] 
 # ----------------------------------------------------------------------------- datasets
 
 
+UNITS = ("image", "region", "scene")
+
+
 class TrainStream(IterableDataset):
     """Endless shuffled stream cut to the same number of batches on every rank.
 
     ``unit="image"``: batches of ``batch_size`` whole images (``collate_regions``).
     ``unit="region"``: batches of ``batch_size`` regions from a ``region_buffer``-deep
-    shuffle buffer (``collate_region_rows``). ``verify``: check each shard's sha256 as it is read.
+    shuffle buffer (``collate_region_rows``). ``unit="scene"``: batches of ``batch_size`` groups
+    of frames (``frame_groups``: a scene, or an interleaved part of it; ``collate_groups``); the
+    shards hold whole scenes. ``region_fields``: a task's per-region members, batched with the
+    regions. ``verify``: check each shard's sha256 as it is read.
     """
 
     def __init__(self, split_dir: Path, manifest: dict, batch_size: int, rank: int, world: int,
                  seed: int, shuffle_buffer: int, unit: str = "image", region_buffer: int = 20000,
-                 verify: bool = True):
-        if unit not in ("image", "region"):
-            raise ValueError(f"unit={unit!r}: image or region")
+                 verify: bool = True, region_fields: tuple[str, ...] = (),
+                 group_of: Callable[[str], str] | None = None, group_frames: int | None = None):
+        if unit not in UNITS:
+            raise ValueError(f"unit={unit!r}: one of {', '.join(UNITS)}")
+        if unit == "scene" and group_of is None:
+            raise ValueError("unit='scene' needs group_of (the scene of a sample key)")
         self.urls = [str(Path(split_dir) / f"{s['name']}.tar") for s in manifest["shards"]]
         self.expected = {u: s["keys"] for u, s in zip(self.urls, manifest["shards"])}
         self.sha256s = _checksums(self.urls, manifest, verify)
-        self.units = manifest["num_samples"] if unit == "image" else manifest["num_regions"]
+        self.region_fields, self.group_of, self.group_frames = tuple(region_fields), group_of, group_frames
+        self.units = {"image": manifest["num_samples"], "region": manifest["num_regions"],
+                      "scene": group_of and sum(count_groups(s["keys"], group_of, group_frames)
+                                                for s in manifest["shards"])}[unit]
         if self.units == 0:
             raise shardio.ShardError(f"{split_dir} holds no training {unit}s")
         # A batch or buffer larger than a rank's share of the data would make the endless stream
@@ -246,18 +304,23 @@ class TrainStream(IterableDataset):
     def __len__(self) -> int:
         return self.steps
 
-    def _samples(self, slot: int, slots: int) -> Iterator[dict]:
-        """This slot's share of shards, permutation after permutation, forever."""
+    def _samples(self, slot: int, slots: int) -> Iterator:
+        """This slot's share of shards, permutation after permutation, forever: samples, or for
+        unit="scene" lists of samples (groups never cross shards: a shard holds whole scenes)."""
         for cycle in range(10**9):
             rng = random.Random(f"{self.seed}-{self.epoch}-{cycle}")
             order = rng.sample(self.urls, len(self.urls))
             if len(order) >= slots:
                 mine = order[slot::slots]
-                yield from verified(_read(mine, self.sha256s), self.expected, mine)
-            else:  # fewer shards than slots: every slot reads all, keeps every slots-th sample
-                for i, sample in enumerate(verified(_read(order, self.sha256s), self.expected, order)):
+                yield from self._units(verified(_read(mine, self.sha256s), self.expected, mine))
+            else:  # fewer shards than slots: every slot reads all, keeps every slots-th sample (group)
+                stream = self._units(verified(_read(order, self.sha256s), self.expected, order))
+                for i, unit in enumerate(stream):
                     if i % slots == slot:
-                        yield sample
+                        yield unit
+
+    def _units(self, samples: Iterator[dict]) -> Iterator:
+        return frame_groups(samples, self.group_of, self.group_frames) if self.unit == "scene" else samples
 
     def __iter__(self) -> Iterator[dict]:
         import webdataset as wds
@@ -270,26 +333,37 @@ class TrainStream(IterableDataset):
         stream = self._samples(slot, slots)
         stream = wds.shuffle(self.shuffle_buffer, initial=self.shuffle_buffer, rng=rng)(stream)
         if self.unit == "region":
-            stream = (shardio.decode_sample(s, REGION_FIELDS, copy=False) for s in stream)
+            fields = REGION_FIELDS + self.region_fields
+            stream = (shardio.decode_sample(s, fields, copy=False) for s in stream)
             stream = shuffled_region_batches(stream, self.region_buffer, self.batch_size,
-                                             np.random.default_rng(rng.getrandbits(64)))
+                                             np.random.default_rng(rng.getrandbits(64)), fields)
+        elif self.unit == "scene":
+            stream = ([shardio.decode_sample(s, copy=False) for s in group] for group in stream)
+            collate = functools.partial(collate_groups, region_fields=self.region_fields)
+            stream = wds.batched(self.batch_size, collation_fn=collate, partial=False)(stream)
         else:
             stream = (shardio.decode_sample(s, copy=False) for s in stream)
-            stream = wds.batched(self.batch_size, collation_fn=collate_regions, partial=False)(stream)
+            collate = functools.partial(collate_regions, region_fields=self.region_fields)
+            stream = wds.batched(self.batch_size, collation_fn=collate, partial=False)(stream)
         for _, batch in zip(range(my_batches), stream):
             yield batch
 
 
 class EvalStream(IterableDataset):
     """Every sample exactly once across ranks and workers, in shard order per slot.
-    ``verify``: check each shard's sha256 as it is read."""
+    ``verify``: check each shard's sha256 as it is read. With ``group_of``, batches hold
+    ``batch_size`` whole groups of frames (``frame_groups``, ``collate_groups``) instead of
+    ``batch_size`` images: a shard holds whole scenes, so a scene is never split across slots."""
 
     def __init__(self, split_dir: Path, manifest: dict, batch_size: int, rank: int, world: int,
-                 num_workers: int, verify: bool = True):
+                 num_workers: int, verify: bool = True, region_fields: tuple[str, ...] = (),
+                 group_of: Callable[[str], str] | None = None, group_frames: int | None = None):
         self.urls = [str(Path(split_dir) / f"{s['name']}.tar") for s in manifest["shards"]]
         self.expected = {u: s["keys"] for u, s in zip(self.urls, manifest["shards"])}
         self.sha256s = _checksums(self.urls, manifest, verify)
-        self.counts = [s["count"] for s in manifest["shards"]]
+        self.region_fields, self.group_of, self.group_frames = tuple(region_fields), group_of, group_frames
+        self.counts = [s["count"] if group_of is None else count_groups(s["keys"], group_of, group_frames)
+                       for s in manifest["shards"]]
         self.batch_size, self.rank, self.world = batch_size, rank, world
         self.num_workers = max(num_workers, 1)
 
@@ -306,7 +380,12 @@ class EvalStream(IterableDataset):
         mine = self.urls[slot::slots]
         stream = verified(_read(mine, self.sha256s), self.expected, mine)
         stream = (shardio.decode_sample(s, copy=False) for s in stream)
-        yield from wds.batched(self.batch_size, collation_fn=collate_regions, partial=True)(stream)
+        if self.group_of is not None:
+            stream = frame_groups(stream, self.group_of, self.group_frames)
+            collate = functools.partial(collate_groups, region_fields=self.region_fields)
+        else:
+            collate = functools.partial(collate_regions, region_fields=self.region_fields)
+        yield from wds.batched(self.batch_size, collation_fn=collate, partial=True)(stream)
 
 
 def as_is(batch: dict) -> dict:
@@ -343,9 +422,16 @@ class RegionShardDataModule(pl.LightningDataModule):
     def __init__(self, shard_dir: str, train_split: str, val_split: str, batch_size: int = 16,
                  region_batch_size: int = 1024, region_buffer: int = 20000, train_unit: str = "image",
                  num_workers: int = 0, shuffle_buffer: int = 64, verify: str = "sha256", seed: int = 0,
-                 members: tuple[str, ...] = ()):
+                 members: tuple[str, ...] = (), region_fields: tuple[str, ...] = (),
+                 group_of: Callable[[str], str] | None = None, group_frames: int | None = None,
+                 eval_groups: bool = False):
+        """``region_fields``: per-region members batched with the regions (a task's positions);
+        ``group_of`` (sample key -> its scene) and ``group_frames``: how ``train_unit="scene"``
+        groups frames; ``eval_groups``: evaluate in those groups too (a scene-level model)."""
         super().__init__()
         self.members = tuple(members)  # sample members the task needs beyond bench.shards.COMMON
+        self.region_fields, self.group_of, self.group_frames = tuple(region_fields), group_of, group_frames
+        self.eval_groups = eval_groups
         if verify not in VERIFY:
             raise ValueError(f"data.verify={verify!r} is not one of {', '.join(VERIFY)}")
         self.train_unit = train_unit
@@ -380,14 +466,16 @@ class RegionShardDataModule(pl.LightningDataModule):
         stream = TrainStream(self.shard_dir / split_name(self.train_split), self.manifest(self.train_split),
                              self.region_batch_size if by_region else self.batch_size, rank, world, self.seed,
                              self.shuffle_buffer, unit=self.train_unit, region_buffer=self.region_buffer,
-                             verify=self.verify == "sha256")
+                             verify=self.verify == "sha256", region_fields=self.region_fields,
+                             group_of=self.group_of, group_frames=self.group_frames)
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
         return EpochLoader(stream, first_epoch=epoch, **self._loader_kwargs())
 
     def eval_dataloader(self, split: str) -> DataLoader:
         rank, world = self._rank_world()
         stream = EvalStream(self.shard_dir / split_name(split), self.manifest(split), self.batch_size, rank, world,
-                            self.num_workers, verify=self.verify == "sha256")
+                            self.num_workers, verify=self.verify == "sha256", region_fields=self.region_fields,
+                            group_of=self.group_of if self.eval_groups else None, group_frames=self.group_frames)
         return DataLoader(stream, batch_size=None, collate_fn=as_is, **self._loader_kwargs())
 
     def val_dataloader(self) -> DataLoader:

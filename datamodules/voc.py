@@ -1,7 +1,7 @@
 """Pascal VOC 2012 segmentation: layout, split files, images and label PNGs.
 
 The same code reads the real dataset and RegionBench's mini set
-(`python -m bench.minivoc ROOT`), which is written in the real layout::
+(`python -m datamodules.synthetic.minivoc ROOT`), which is written in the real layout::
 
     VOCdevkit/VOC2012/
         JPEGImages/<id>.jpg
@@ -93,7 +93,7 @@ def voc_paths(root: str | Path) -> Path:
         f"{root} is not a Pascal VOC 2012 directory: expected "
         f"{root / 'VOCdevkit' / 'VOC2012'}/{{{IMAGE_DIR},{LABEL_DIR},{SPLIT_DIR}}}. "
         "Pass the folder that contains VOCdevkit (or VOCdevkit, or VOC2012 itself), "
-        "or write the mini set there with: python -m bench.minivoc ROOT")
+        "or write the mini set there with: python -m datamodules.synthetic.minivoc ROOT")
 
 
 def is_list_file(split: str) -> bool:

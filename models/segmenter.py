@@ -53,7 +53,7 @@ class Segmenter(pl.LightningModule):
     def __init__(self, in_dim: int, num_classes: int, decoder: str = "linear", decoder_params: dict | None = None,
                  label_threshold: float = 0.5, label_denominator: str = "labelled", loss_weighting: str = "area",
                  lr: float = 3e-3, weight_decay: float = 0.01, scheduler: str = "cosine",
-                 cosine_t_max: int | None = None, uncovered: str = "miss", unscored_classes: Sequence[int] = (),
+                 cosine_t_max: int | None = None, warmup_epochs: int = 0, uncovered: str = "miss", unscored_classes: Sequence[int] = (),
                  report_oracle: bool = False, ignore_index: int = 255, preset: str | None = None,
                  compat: str | None = None):
         """Arguments are the ``model:`` config keys (bench/defaults.yaml documents each) plus the
@@ -80,11 +80,18 @@ class Segmenter(pl.LightningModule):
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        if self.hparams.scheduler == "none":
+        warmup = int(self.hparams.get("warmup_epochs") or 0)  # get: checkpoints written before it existed
+        if self.hparams.scheduler == "none" and not warmup:
             return opt
         # Stepped once per epoch; cosine_t_max > max_epochs stops before the minimum (the released recipe).
         t_max = self.hparams.cosine_t_max or max(int(self.trainer.max_epochs or 1), 1)
-        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t_max)}
+        schedulers = {"cosine": lambda: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(t_max - warmup, 1)),
+                      "none": lambda: torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)}
+        main = schedulers[self.hparams.scheduler]()
+        if not warmup:
+            return {"optimizer": opt, "lr_scheduler": main}
+        ramp = torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.01, end_factor=1.0, total_iters=warmup)
+        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.SequentialLR(opt, [ramp, main], [warmup])}
 
     def _score(self, batch: dict, metric: SegmentationMetric) -> list[Tensor]:
         preds = self.predict_pixels(batch)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.backbones_clip import CLIP_FAMILY, load_clip_backbone, save_random_checkpoint
+from bench.backbones.clip import CLIP_FAMILY, load_clip_backbone, save_random_checkpoint
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.load` is deprecated:FutureWarning")  # open_clip's loader
 

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 from timm.models import get_pretrained_cfg
 
-from bench.backbones_vit import (TINY, VIT_BACKBONES, VIT_FAMILY, create_vit, interpolate_patch_pos_embed,
+from bench.backbones.vit import (TINY, VIT_BACKBONES, VIT_FAMILY, create_vit, interpolate_patch_pos_embed,
                                  load_vit_backbone, save_random_checkpoint)
 
 NAMES = list(VIT_BACKBONES)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from bench.sam_slic import merge_sam_slic
+from bench.regions.sam_slic import merge_sam_slic
 from benchmarks import painting, pooling, sam_slic, shards, slic, throughput
 from benchmarks.inputs import tiny_case
 from benchmarks.measure import median_seconds, peak_extra_memory

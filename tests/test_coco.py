@@ -8,8 +8,8 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from bench.minicoco import generate_minicoco
-from bench.minivoc import render_scene, render_scene_instances
+from datamodules.synthetic.minicoco import generate_minicoco
+from datamodules.synthetic.minivoc import render_scene, render_scene_instances
 from datamodules import coco
 from datamodules.coco import CocoDataset, CocoError, decode_segmentation, rle_counts
 from tests.conftest import shared_or_skip

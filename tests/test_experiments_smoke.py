@@ -2,7 +2,7 @@
 entry points, on its mini column (every row, so every row kind), so a broken experiment fails CI.
 
 The random-weight checkpoints the YAMLs name (``${paths.data_root}/checkpoints/random``,
-``python -m bench.random_weights``) are written once and linked into each experiment's data root.
+``python -m bench.tools.random_weights``) are written once and linked into each experiment's data root.
 Table 1 and regions_smoke share one data root, so the second reads every SAM mask from the cache
 the first filled; the others have their own (shards or features reused from another experiment
 report no backbone_seconds_per_image). SAM-family sources run at random weights with one point per
@@ -19,15 +19,24 @@ import pytest
 from bench.config import EXPERIMENTS_DIR, load_config, table_rows
 
 # experiment -> its column that runs anywhere (the rest need downloaded datasets and weights)
-MINI_COLUMN = {"table8_retrieval": "minicoco"}
+MINI_COLUMN = {"table8_retrieval": "minicoco", "table7_multiview": "miniscannet"}
 EVAL_ONLY = ("table8_retrieval",)  # nothing to train: eval.py builds the index and scores the queries
 # what an experiment needs beyond SMOKE: a database of more than one image
 EXTRA = {"table8_retrieval": ["dataset.max_images=null", "retrieval.no_positives=skip"]}
+# how each built-in dataset is made tiny
+TINY_DATA = {
+    "default": ["dataset.generate.num_train=8", "dataset.generate.num_val=4", "dataset.generate.width=96",
+                "dataset.generate.height=72"],
+    # 2 + 2 scenes of 3 frames; every frame (a scene transformer needs several)
+    "table7_multiview": ["dataset.generate.num_train_scenes=2", "dataset.generate.num_val_scenes=2",
+                         "dataset.generate.frames_per_scene=3", "dataset.generate.width=96",
+                         "dataset.generate.height=72", "dataset.generate.depth_width=48",
+                         "dataset.generate.depth_height=36", "dataset.max_images=null"],
+}
 SHARED_MASKS = ("regions_smoke", "table1_region_generation")  # one data root: SAM masks computed once
 SAM_FAMILY = ("sam", "hq_sam", "mobile_sam", "sam2")
 SMOKE = [
-    "dataset.generate.num_train=8", "dataset.generate.num_val=4", "dataset.generate.width=96",
-    "dataset.generate.height=72", "extract.samples_per_shard=4", "extract.progress=false",
+    "extract.samples_per_shard=4", "extract.progress=false",
     "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "logger.kind=none",
     "retrieval.queries_per_class=2",
     # SAM-family sources cost seconds per image at random weights on 2 cores: one point per side,
@@ -41,7 +50,7 @@ SMOKE = [
 @pytest.fixture(scope="module")
 def smoke_root(tmp_path_factory) -> Path:
     """Holds the random-weight checkpoints every experiment's mini column names, and the mask cache."""
-    from bench.random_weights import write_random_checkpoints
+    from bench.tools.random_weights import write_random_checkpoints
 
     root = tmp_path_factory.mktemp("smoke")
     write_random_checkpoints(root / "checkpoints")
@@ -55,7 +64,8 @@ def smoke_config(root: Path, name: str):
         (data / "checkpoints" / "random").symlink_to(root / "checkpoints", target_is_directory=True)
     column = MINI_COLUMN.get(name, "minivoc")
     return load_config([f"experiment={name}", f"cell=*/{column}", f"paths.data_root={data}",
-                        f"paths.results_root={root / 'results'}", *SMOKE, *EXTRA.get(name, [])])
+                        f"paths.results_root={root / 'results'}", *SMOKE,
+                        *TINY_DATA.get(name, TINY_DATA["default"]), *EXTRA.get(name, [])])
 
 
 def table_values(path: Path) -> dict[tuple[str, str, str], str]:

@@ -6,13 +6,15 @@ from pathlib import Path
 import numpy as np
 
 from bench.config import cell_config
-from bench.extract import Extractor, extract
+from bench.extract import extract
+from bench.extraction import Extractor
 from bench.shards import load_manifest
+from bench.tasks import TASKS
 from tests.conftest import tiny_config
 
 
 def test_second_pooling_variant_reads_the_cache_and_never_builds_the_backbone(tmp_path, monkeypatch):
-    import bench.extract as extract_module
+    import bench.extraction as extract_module
 
     mean = tiny_config(tmp_path, "cell=region_linear/minivoc", "dataset.max_images=3")
     extract(mean)
@@ -33,9 +35,9 @@ def test_second_pooling_variant_reads_the_cache_and_never_builds_the_backbone(tm
 
 def test_cold_and_warm_cache_give_identical_shards(tmp_path):
     cfg = tiny_config(tmp_path, "cell=region_linear/minivoc", "dataset.max_images=2")
-    first = Extractor(cell_config(cfg, "region_linear/minivoc"))
+    first = Extractor(cell_config(cfg, "region_linear/minivoc"), TASKS["segmentation"])
     rgb = np.random.default_rng(0).integers(0, 255, (50, 60, 3), dtype=np.uint8)
     label = np.zeros((50, 60), np.uint8)
     _, cold = first.sample("img", rgb, label)
-    _, warm = Extractor(cell_config(cfg, "region_linear/minivoc")).sample("img", rgb, label)
+    _, warm = Extractor(cell_config(cfg, "region_linear/minivoc"), TASKS["segmentation"]).sample("img", rgb, label)
     assert cold["feats.npy"] == warm["feats.npy"]

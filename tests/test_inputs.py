@@ -2,7 +2,7 @@
 
 Every image mode PIL reads decodes to the RGB that PIL's own conversion gives (16-bit and float
 greyscale: scaled, see bench.images); a split file listing an id twice is refused; a split given
-as a path names its shard folder safely; generating a dataset is announced; bench.search skips a
+as a path names its shard folder safely; generating a dataset is announced; bench.tools.search skips a
 non-image file; a missing checkpoint stops extraction before anything is written.
 """
 from __future__ import annotations
@@ -170,9 +170,9 @@ def test_a_split_given_as_a_list_file_path_gets_its_own_shard_folder(tmp_path, m
     assert split_name(str(tmp_path / "other" / "mine.txt")) != split_name(str(tmp_path / "lists" / "mine.txt"))
 
 
-@pytest.mark.parametrize("generator, name", [("bench.minivoc:generate_minivoc", "MiniVOC"),
-                                             ("bench.miniade:generate_miniade", "MiniADE"),
-                                             ("bench.minicoco:generate_minicoco", "MiniCOCO")])
+@pytest.mark.parametrize("generator, name", [("datamodules.synthetic.minivoc:generate_minivoc", "MiniVOC"),
+                                             ("datamodules.synthetic.miniade:generate_miniade", "MiniADE"),
+                                             ("datamodules.synthetic.minicoco:generate_minicoco", "MiniCOCO")])
 def test_generating_a_dataset_is_announced_with_its_location(tmp_path, caplog, generator, name):
     import importlib
 
@@ -190,7 +190,7 @@ def test_generating_a_dataset_is_announced_with_its_location(tmp_path, caplog, g
 
 
 def test_search_build_skips_and_counts_a_file_that_is_not_an_image(tmp_path):
-    from bench import search
+    from bench.tools import search
 
     (tmp_path / "photos").mkdir()
     for i in range(2):
@@ -237,8 +237,8 @@ def test_a_filled_feature_cache_stands_in_for_a_missing_backbone_checkpoint(tmp_
     """A copied feature cache (the README's way to identical shards on another machine) needs no weights."""
     from omegaconf import OmegaConf
 
-    from bench.config_checks import check_inputs
-    from bench.feature_cache import cache_dir
+    from bench.preflight import check_inputs
+    from bench.backbones.cache import cache_dir
 
     missing = tmp_path / "weights" / "absent.pth"
     cfg = tiny_config(tmp_path, "backbone.name=dinov2_vits14", f"backbone.params.dinov2_vits14.checkpoint={missing}",

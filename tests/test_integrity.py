@@ -235,7 +235,7 @@ def test_non_finite_values_are_refused_when_encoding_naming_the_image():
 def test_extraction_refuses_non_finite_backbone_features_naming_the_image(tmp_path, fault):
     """A real backbone fault: a checkpoint whose final-norm weights are NaN, or so large that the
     features exceed float16's range (written as Inf before this check)."""
-    from bench.backbones_vit import save_random_checkpoint
+    from bench.backbones.vit import save_random_checkpoint
 
     checkpoint = save_random_checkpoint("dinov2_vits14", tmp_path / "weights" / "dinov2_vits14_pretrain.pth")
     state = torch.load(checkpoint, map_location="cpu")

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.miniade import ADE_IDS, generate_miniade, to_ade_raw
-from bench.minivoc import render_scene
+from datamodules.synthetic.miniade import ADE_IDS, generate_miniade, to_ade_raw
+from datamodules.synthetic.minivoc import render_scene
 from datamodules import ade20k
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.minivoc import CLASS_STYLES, STAMP, generate_minivoc, image_id, main, render_scene, void_band
+from datamodules.synthetic.minivoc import CLASS_STYLES, STAMP, generate_minivoc, image_id, main, render_scene, void_band
 from datamodules.voc import IMAGE_DIR, LABEL_DIR, SPLIT_DIR, VOC_PALETTE, iter_samples, load_image, load_label
 
 NUM_TRAIN, NUM_VAL = 6, 3

@@ -12,7 +12,7 @@ from PIL import Image
 
 from bench.config import cell_config
 from bench.extract import extract
-from bench.runs import run_dir
+from bench.config import run_dir
 from tests.conftest import tiny_config, tiny_overrides
 
 REPO = Path(__file__).resolve().parents[1]
@@ -147,7 +147,7 @@ def test_corrupt_jpeg_is_counted_and_named_without_losing_other_images(tmp_path)
     assert metrics["skipped"]["train"] == []
     from bench.tables import write_tables
 
-    table = write_tables(tiny_config(tmp_path), run_dir, tmp_path / "table")
+    table = write_tables(tiny_config(tmp_path), tmp_path / "table")
     assert "Unreadable images skipped in extraction (1): mini_000013" in table
     assert "python train.py experiment=quickstart cell=patch_linear/minivoc" in table  # the missing cell
 

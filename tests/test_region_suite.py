@@ -7,7 +7,7 @@ import pytest
 
 from bench.config import cell_config
 from bench.extract import extract
-from bench.regions_sam import save_random_checkpoint
+from bench.regions.sam import save_random_checkpoint
 from bench.shards import load_manifest
 from tests.conftest import tiny_config
 

@@ -12,8 +12,8 @@ import pytest
 import torch
 from skimage import data, transform
 
-from bench import regions_sam
-from bench.regions_sam import (AMG_DEFAULTS, AMG_PRESETS, SAM_FAMILY, HqSamRegions, MobileSamRegions, SamRegions,
+from bench.regions import sam as regions_sam
+from bench.regions.sam import (AMG_DEFAULTS, AMG_PRESETS, SAM_FAMILY, HqSamRegions, MobileSamRegions, SamRegions,
                                checkpoint_kind, load_model, resolve_amg_kwargs, save_random_checkpoint)
 
 FAMILIES = [("sam", "vit_test"), ("hq_sam", "vit_test"), ("mobile_sam", "vit_t")]

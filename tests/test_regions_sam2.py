@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 from skimage import data, transform
 
-from bench.regions_sam2 import (HIERA_TRUNKS, OFFICIAL_CHECKPOINTS, SAM2_AMG_DEFAULTS, SAM2_CONFIGS, SAM2_FAMILY,
+from bench.regions.sam2 import (HIERA_TRUNKS, OFFICIAL_CHECKPOINTS, SAM2_AMG_DEFAULTS, SAM2_CONFIGS, SAM2_FAMILY,
                                 Sam2Regions, checkpoint_kind, hole_filling_available, save_random_checkpoint)
 
 sam2 = pytest.importorskip("sam2")

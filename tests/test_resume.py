@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from bench.config import cell_config, config_hash
-from bench.runs import run_dir
+from bench.config import run_dir
 from tests.conftest import tiny_config, tiny_overrides
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,8 +10,8 @@ import torch
 from sklearn.metrics import average_precision_score
 
 from bench.config import load_config
-from bench.region_index import IndexParams, RegionIndex
-from bench.retrieval_metrics import average_precision, precision_at_k, ranking, summarize
+from bench.retrieval.index import IndexParams, RegionIndex
+from bench.retrieval.metrics import average_precision, precision_at_k, ranking, summarize
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -131,8 +131,8 @@ def test_ivfpq_index_and_its_errors():
 
 # ----------------------------------------------------------------------------- queries and crops
 def test_query_selection_is_deterministic_one_per_image_no_crowd(tmp_path):
-    from bench.minicoco import generate_minicoco
-    from bench.retrieval_queries import load_queries, save_queries, select_queries
+    from datamodules.synthetic.minicoco import generate_minicoco
+    from bench.retrieval.queries import load_queries, save_queries, select_queries
     from datamodules.coco import annotation_file, load_coco
 
     generate_minicoco(tmp_path, num_train=40, num_val=2, width=64, height=48, seed=1, progress=False)
@@ -156,7 +156,7 @@ def test_query_selection_is_deterministic_one_per_image_no_crowd(tmp_path):
 
 
 def test_crop_around_the_object():
-    from bench.retrieval_queries import crop_around
+    from bench.retrieval.queries import crop_around
 
     rgb = np.zeros((100, 200, 3), np.uint8)
     rgb[40:60, 50:90] = 255
@@ -169,7 +169,7 @@ def test_crop_around_the_object():
 
 # ----------------------------------------------------------------------------- class tokens
 def test_vit_class_token_comes_from_the_same_forward_as_the_patch_grid(tmp_path):
-    from bench.backbones_vit import load_vit_backbone, save_random_checkpoint
+    from bench.backbones.vit import load_vit_backbone, save_random_checkpoint
 
     path = save_random_checkpoint("dinov2_vitl14", tmp_path / "d.pth")
     backbone = load_vit_backbone("dinov2_vitl14", path)
@@ -181,7 +181,7 @@ def test_vit_class_token_comes_from_the_same_forward_as_the_patch_grid(tmp_path)
 
 
 def test_clip_class_token_is_clips_image_embedding(tmp_path):
-    from bench.backbones_clip import load_clip_backbone, save_random_checkpoint
+    from bench.backbones.clip import load_clip_backbone, save_random_checkpoint
 
     path = save_random_checkpoint("clip_vitb32", tmp_path / "c.pt")
     backbone = load_clip_backbone("clip_vitb32", path, project=True)
@@ -195,8 +195,8 @@ def test_clip_class_token_is_clips_image_embedding(tmp_path):
 @pytest.fixture(scope="module")
 def table8(tmp_path_factory):
     """Table 8's minicoco column on a tiny MiniCOCO: extracted and evaluated once."""
-    from bench.backbones_clip import save_random_checkpoint as clip_checkpoint
-    from bench.backbones_vit import save_random_checkpoint as vit_checkpoint
+    from bench.backbones.clip import save_random_checkpoint as clip_checkpoint
+    from bench.backbones.vit import save_random_checkpoint as vit_checkpoint
     from bench.extract import extract
     from eval import evaluate
 
@@ -244,7 +244,7 @@ def test_table8_positives_come_from_the_annotations(table8):
 
 
 def test_table8_reloads_the_saved_index(table8):
-    from bench.retrieval import evaluate_retrieval
+    from bench.retrieval.evaluate import evaluate_retrieval
 
     _, overrides, first = table8
     again = evaluate_retrieval(load_config(overrides))
@@ -253,7 +253,7 @@ def test_table8_reloads_the_saved_index(table8):
 
 
 def test_table8_missing_extraction_says_what_to_run(tmp_path):
-    from bench.retrieval import evaluate_cell
+    from bench.retrieval.evaluate import evaluate_cell
     from bench.config import cell_config
 
     cfg = load_config(["experiment=table8_retrieval", f"paths.data_root={tmp_path}",

@@ -5,7 +5,7 @@ import pytest
 from skimage import data, transform
 
 from bench.regions import SlicRegions, build_regions
-from bench.sam_slic import GtRegions, SamSlicRegions, merge_sam_slic
+from bench.regions.sam_slic import GtRegions, SamSlicRegions, merge_sam_slic
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 VOC_IMAGE = SHARED / "fixtures/data/voc/VOCdevkit/VOC2012/JPEGImages/2007_000063.jpg"

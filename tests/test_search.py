@@ -1,4 +1,4 @@
-"""The region search tool over a folder of images (python -m bench.search)."""
+"""The region search tool over a folder of images (python -m bench.tools.search)."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench import search
+from bench.tools import search
 from datamodules import folder
 from tests.conftest import shared_or_skip
 
@@ -53,7 +53,7 @@ def test_folder_layout_keys(tmp_path):
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory):
     """A folder of 8 built-in scenes and an index over it."""
-    from bench.minivoc import render_scene_instances
+    from datamodules.synthetic.minivoc import render_scene_instances
 
     root = tmp_path_factory.mktemp("search")
     (root / "images").mkdir()

@@ -45,7 +45,7 @@ def test_region_segmenter_paints_decoded_masks():
     with torch.no_grad():
         model.decoder.linear.weight.copy_(torch.eye(2) * 10)
         model.decoder.linear.bias.zero_()
-    from bench.extract import encode_rles
+    from bench.rle import encode_rles
     import numpy as np
 
     masks = np.zeros((2, 4, 5), bool)

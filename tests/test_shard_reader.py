@@ -83,8 +83,12 @@ def test_damaged_tars_raise_or_end_like_tarfile(tmp_path):
     with pytest.raises(shards.ShardError, match="cut.tar is damaged.*checksum") as err:
         list(shards.read_tar_samples([str(cut)]))
     assert isinstance(err.value.__cause__, tarfile.ReadError)
-    cut.write_bytes(b"")
-    assert list(shards.read_tar_samples([str(cut)])) == []
+    cut.write_bytes(b"")  # tarfile: ReadError("empty file"); an extraction never writes an empty shard
+    with pytest.raises(shards.ShardError, match="cut.tar is damaged.*empty file"):
+        list(shards.read_tar_samples([str(cut)]))
+    cut.write_bytes(data[:300])  # inside the first header: tarfile raises too
+    with pytest.raises(shards.ShardError, match="truncated header"):
+        list(shards.read_tar_samples([str(cut)]))
 
 
 @pytest.mark.parametrize("array", [np.arange(12, dtype=np.int64).reshape(3, 4), np.zeros((0, 5), np.float16),
@@ -164,3 +168,45 @@ def test_float32_reads_read_only_views_without_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         np.testing.assert_array_equal(float32(view).numpy(), view.astype(np.float32))
+
+
+def _outcome(read) -> tuple[str, list[dict] | None]:
+    try:
+        return "ok", list(read())
+    except Exception as err:  # noqa: BLE001 - the kind of failure is compared below
+        return type(err).__name__, None
+
+
+@pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT])
+def test_fuzzed_shards_read_like_webdataset_or_fail_naming_the_shard(tmp_path, fmt):
+    """Random truncations and byte flips of a shard with long (pax / GNU longname) member names:
+    whatever the fast reader yields is exactly what webdataset's tarfile reader yields, and when
+    tarfile cannot read the archive the fast reader raises ShardError naming it (never other samples)."""
+    path = tmp_path / "s.tar"
+    members = {}
+    for i in range(4):
+        members[f"{LONG}/k{i}.feats.npy"] = bytes(range(256)) * (i + 1)
+        members[f"{LONG}/k{i}.meta.json"] = b'{"i": %d}' % i
+    _tar(path, members, fmt=fmt, mtime=0.0)
+    data = path.read_bytes()
+    rng = np.random.default_rng(0)
+    damaged = tmp_path / "damaged.tar"
+    kinds = {"same": 0, "both fail": 0, "ours fail": 0}
+    for trial in range(120):
+        bad = bytearray(data)
+        if trial % 2:
+            bad = bad[: int(rng.integers(0, len(data)))]
+        else:
+            for pos in rng.integers(0, len(data), size=int(rng.integers(1, 4))):
+                bad[pos] ^= int(rng.integers(1, 256))
+        damaged.write_bytes(bytes(bad))
+        theirs_kind, theirs = _outcome(lambda: _webdataset_samples(damaged))
+        ours_kind, ours = _outcome(lambda: shards.read_tar_samples([str(damaged)]))
+        if ours is not None:
+            assert theirs is not None, f"trial {trial}: tarfile fails ({theirs_kind}) but the fast reader did not"
+            _same(ours, theirs)
+            kinds["same"] += 1
+        else:
+            assert ours_kind == "ShardError", f"trial {trial}: {ours_kind} instead of ShardError"
+            kinds["both fail" if theirs is None else "ours fail"] += 1
+    assert kinds["same"] > 20 and kinds["both fail"] > 20, kinds  # the fuzzing reached both outcomes

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from bench import shards
-from bench.extract import decode_rles, encode_rles, extract
+from bench.extract import extract
+from bench.rle import decode_rles, encode_rles
 from tests.conftest import tiny_config, tiny_overrides
 
 REPO = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ import pytest
 
 from bench.config import ConfigError, cell_config, config_hash, load_config, table_cells
 from bench.leaderboard import collect_results, render, write_leaderboard
-from bench.runs import run_dir
+from bench.config import run_dir
 from bench.tables import render_csv, render_latex, render_markdown, write_tables
 
 EXPERIMENT = """
@@ -77,7 +77,7 @@ def fake_results(tmp_path, cfg):
 def test_markdown_shows_ours_the_paper_and_the_difference(tmp_path):
     cfg = experiment(tmp_path)
     fake_results(tmp_path, cfg)
-    markdown = write_tables(cfg, run_dir, tmp_path / "out")
+    markdown = write_tables(cfg, tmp_path / "out")
     lines = markdown.splitlines()
     header = next(line for line in lines if line.startswith("| row"))
     assert header == ("| row | miou mini | regions_per_image mini | miou voc | paper miou voc | Δ "
@@ -94,7 +94,7 @@ def test_csv_is_long_form_and_unrounded(tmp_path):
     fake_results(tmp_path, cfg)
     from bench.tables import collect
 
-    rows = list(csv.DictReader(io.StringIO(render_csv(cfg, collect(cfg, run_dir)))))
+    rows = list(csv.DictReader(io.StringIO(render_csv(cfg, collect(cfg)))))
     assert len(rows) == 2 * 2 * 2  # rows x columns x metrics
     a_voc = next(r for r in rows if r["row"] == "a" and r["column"] == "voc" and r["metric"] == "miou")
     assert float(a_voc["ours"]) == 0.51 and float(a_voc["paper"]) == 0.5

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_registry_is_a_plain_dict_of_tasks_and_an_unknown_name_lists_the_valid_ones():
-    assert list(TASKS) == ["segmentation", "retrieval"]
+    assert list(TASKS) == ["segmentation", "retrieval", "multiview"]
     assert all(isinstance(t, Task) and t.name == n for n, t in TASKS.items())
     assert TASKS["segmentation"].trains and not TASKS["retrieval"].trains and TASKS["retrieval"].evaluate
     with pytest.raises(ValueError, match="task='video' is unknown; valid: segmentation, retrieval"):
@@ -38,10 +38,11 @@ def test_no_module_outside_the_registry_branches_on_the_task():
 
 
 def test_shared_stages_import_no_task_and_a_lightning_module_no_extraction_stack():
-    extract = "import sys, bench.extract; assert not {'bench.tasks', 'bench.retrieval'} & set(sys.modules)"
+    extract = ("import sys, bench.extraction, bench.tables, bench.shards;"
+               "assert not {'bench.tasks', 'bench.retrieval.evaluate'} & set(sys.modules)")
     subprocess.run([sys.executable, "-c", extract], cwd=REPO, check=True)
     model = ("import sys, models.segmenter;"
-             "heavy = {'timm', 'open_clip', 'segment_anything', 'bench.extract', 'bench.backbones'} & set(sys.modules);"
+             "heavy = {'timm', 'open_clip', 'segment_anything', 'bench.extraction', 'bench.backbones'} & set(sys.modules);"
              "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", model], cwd=REPO, check=True)
 

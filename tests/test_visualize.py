@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bench.visualize import (UNCOVERED_ALPHA, UNCOVERED_RGB, contact_sheet, main, region_boundaries,
+from bench.tools.visualize import (UNCOVERED_ALPHA, UNCOVERED_RGB, contact_sheet, main, region_boundaries,
                              region_colours, render_labels, render_regions, uncovered_marking)
 from tests.conftest import tiny_overrides
 
@@ -97,7 +97,7 @@ def test_contact_sheet_size():
 
 def test_cli_writes_region_pictures(tiny_root, tmp_path, capsys):
     from bench.config import cell_config, load_config
-    from bench.runs import run_dir
+    from bench.config import run_dir
     from datamodules.voc import save_label_png
 
     # results go to tmp_path, so the fake prediction below never reaches other tests' results

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from bench.minivoc import render_scene
+from datamodules.synthetic.minivoc import render_scene
 from datamodules.voc import (
     VOC_CLASSES, VOC_PALETTE, CorruptImageError, iter_samples, load_image, load_label, read_split,
     save_label_png, voc_paths,

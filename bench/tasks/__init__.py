@@ -10,12 +10,13 @@ datamodule and LightningModule or evaluator, report and summary) and one line be
 """
 from __future__ import annotations
 
-from bench.tasks import retrieval, segmentation
+from bench.tasks import multiview, retrieval, segmentation
 from bench.tasks.base import Task
 
 TASKS: dict[str, Task] = {
     "segmentation": segmentation.TASK,
     "retrieval": retrieval.TASK,
+    "multiview": multiview.TASK,
 }
 
 

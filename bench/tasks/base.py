@@ -2,8 +2,9 @@
 
 The shared stages call these and never ask which task they run:
 
-    python -m bench.extract   ``extract(cfg)`` (the shared region writer, ``bench.extract.extract_splits``,
-                              reads units with ``load_unit`` and adds ``unit_members`` to each sample)
+    python -m bench.extract   ``extract(cfg, task)`` (the shared region writer, ``bench.extraction.extract_splits``,
+                              reads units with ``load_unit`` and adds ``unit_members`` to each sample;
+                              ``plan`` cuts them into shards, ``notes`` are listed in the manifest)
     python train.py           ``trains``; ``build_datamodule``, ``check_data``, ``build_model``
     python eval.py            ``evaluate`` (an evaluator of its own) or, when None, the shared loop that
                               scores each cell's checkpoint with ``models[model.kind]``
@@ -12,7 +13,7 @@ The shared stages call these and never ask which task they run:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -32,7 +33,7 @@ class Task:
     units: Callable[[DictConfig, str], list]  # (cfg.dataset, split) -> the split's units (.id, .image_path)
     load_unit: Callable[[DictConfig], Callable]  # cfg -> (unit -> (image (H, W, 3), annotation))
     unit_members: Callable  # (extractor, key, masks (R, H, W) bool, annotation) -> ({member: value}, extra meta)
-    extract: Callable[[DictConfig], dict]  # everything `python -m bench.extract` does for this task
+    extract: Callable[[DictConfig, "Task"], dict]  # (cfg, the task itself): all `python -m bench.extract` does
     summary: Callable[[dict], str]  # metrics.json -> one line
     # training and evaluation with LightningModules (trains=False: evaluate is the evaluator)
     trains: bool = True
@@ -45,5 +46,11 @@ class Task:
     prediction_writer: Callable[[DictConfig, Path], Callable] | None = None  # (cfg, run dir) -> writer
     pictures: Callable | None = None  # (cfg, model, count, out_dir) -> None
     check_unit: Callable = _no_check  # (key, rgb, annotation): refuse a unit before any work
+    # how a split's units are cut into shards: (units, samples_per_shard) -> lists of ids; None =
+    # consecutive runs of samples_per_shard (a multi-view task keeps each scene in one shard)
+    plan: Callable | None = None
+    # notes counted and named in the manifest and metrics.json: {name: meta -> bool}, e.g. frames
+    # whose pose is invalid ({"invalid_pose": lambda meta: not meta["pose_valid"]})
+    notes: dict = field(default_factory=dict)
 
 

@@ -1,10 +1,10 @@
-"""One-shot object retrieval on COCO-format data (the paper's Table 8): ``bench.retrieval``.
+"""One-shot object retrieval on COCO-format data (the paper's Table 8): ``bench.retrieval.evaluate``.
 
 Unit: one image of the database split (``dataset.val_split``) with its COCO annotations rasterised to
 a label map; its shards hold the same members as segmentation's (``hist.npy``, ``label.png``), so a
 database shard set reads like any other. Nothing trains: ``python -m bench.extract`` writes query
 and database vectors, ``eval.py`` builds the index, searches and scores mAP / P@50
-(``bench.retrieval.evaluate_retrieval``).
+(``bench.retrieval.evaluate.evaluate_retrieval``).
 """
 from __future__ import annotations
 
@@ -14,20 +14,20 @@ from bench.tasks import segmentation
 from bench.tasks.base import Task
 
 
-def extract(cfg: DictConfig) -> dict:
-    from bench.retrieval import extract_retrieval
+def extract(cfg: DictConfig, task: Task) -> dict:
+    from bench.retrieval.evaluate import extract_retrieval
 
-    return extract_retrieval(cfg)
+    return extract_retrieval(cfg, task)
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    from bench.retrieval import evaluate_retrieval
+    from bench.retrieval.evaluate import evaluate_retrieval
 
     return evaluate_retrieval(cfg)
 
 
 def summary(metrics: dict) -> str:
-    from bench.retrieval import summary_line
+    from bench.retrieval.evaluate import summary_line
 
     return summary_line(metrics)
 
@@ -35,8 +35,8 @@ def summary(metrics: dict) -> str:
 def run(cfg: DictConfig) -> dict:
     """``python -m bench.retrieval``: extract, then evaluate."""
     if cfg.task != TASK.name:
-        raise ValueError(f"experiment {cfg.experiment} has task={cfg.task}; bench.retrieval runs task=retrieval")
-    extract(cfg)
+        raise ValueError(f"experiment {cfg.experiment} has task={cfg.task}; python -m bench.retrieval runs task=retrieval")
+    extract(cfg, TASK)
     return evaluate(cfg)
 
 

@@ -26,6 +26,9 @@ MEMBERS = ("hist.npy", "label.png")
 def load_unit(cfg: DictConfig):
     """unit -> (image, (H, W) label map): the image read to fit its label map (EXIF, see datamodules.voc)."""
     load_label = layout(cfg.dataset).load_label
+    if load_label is None:
+        raise ValueError(f"dataset.layout={cfg.dataset.layout} holds frames with depth and poses, not images with "
+                         f"label maps: use task=multiview (or a dataset of images)")
 
     def load(item) -> tuple[np.ndarray, np.ndarray]:
         label = load_label(item.label_path)
@@ -45,11 +48,11 @@ def unit_members(extractor, key: str, masks: np.ndarray, label: np.ndarray) -> t
     return {"hist.npy": hist.astype(np.int32), "label.png": label}, {}
 
 
-def extract(cfg: DictConfig) -> dict:
-    """Train and val region shards of every selected cell."""
-    from bench.extract import extract_splits
+def extract(cfg: DictConfig, task: Task) -> dict:
+    """Train and val region shards of every selected cell (``task``: this one, or a variant of it)."""
+    from bench.extraction import extract_splits
 
-    return extract_splits(cfg, lambda c: (c.dataset.train_split, c.dataset.val_split))
+    return extract_splits(cfg, lambda c: (c.dataset.train_split, c.dataset.val_split), task)
 
 
 def models() -> dict:
@@ -64,7 +67,7 @@ def prediction_writer(cfg: DictConfig, directory: Path):
 
 
 def pictures(cfg: DictConfig, model, count: int, out: Path) -> None:
-    from bench.visualize import draw_predictions
+    from bench.tools.visualize import draw_predictions
 
     draw_predictions(cfg, model, count, out)
 

@@ -8,7 +8,7 @@ Both entry points hand a config with ``task: retrieval`` to this module. Per tab
 
   1. queries    ``retrieval.queries_per_class`` ground-truth objects per category from
                 ``retrieval.query_split``, one per image, chosen from ``retrieval.query_seed``
-                (``bench.retrieval_queries``) and saved as a query file shared by every method.
+                (``bench.retrieval.queries``) and saved as a query file shared by every method.
   2. vectors    per ``retrieval.method``:
                   region  query = the GT mask's pooled feature (backbone, ``pooling.mode``);
                           database = the region shards of ``dataset.val_split`` (``bench.extract``)
@@ -17,10 +17,10 @@ Both entry points hand a config with ``task: retrieval`` to this module. Per tab
                   crop    query = class token of a crop around the object (its box grown by
                           ``crop_margin``, longer side resized to ``crop_size``); database as cls
                           (the paper's "CLIP-crop")
-  3. index      ``bench.region_index``: FAISS over the database vectors with a vector -> image map;
+  3. index      ``bench.retrieval.index``: FAISS over the database vectors with a vector -> image map;
                 an image's score is its best vector's similarity. Saved; reloaded while the
                 database and the index settings are unchanged.
-  4. metrics    ``bench.retrieval_metrics``: AP and P@50 per query over every database image,
+  4. metrics    ``bench.retrieval.metrics``: AP and P@50 per query over every database image,
                 averaged per category, then over categories. A database image is a positive of
                 a category if it has any annotation of it (crowd included: the object is there).
 
@@ -29,16 +29,14 @@ Files (``retrieval.dir`` = data/retrieval/<dataset>)::
     queries-<digest>.json                                 the query file
     <method>_<backbone>_<pooling>-<digest>/queries.npy    (Q, d) float32, rows in query-file order
     <method>_<backbone>_<pooling>-<digest>/database.npz   cls / crop: keys (M,), vectors (M, d)
-    <method>_<backbone>_<pooling>-<digest>/index_<kind>_<similarity>-<digest>/   (bench.region_index)
+    <method>_<backbone>_<pooling>-<digest>/index_<kind>_<similarity>-<digest>/   (bench.retrieval.index)
 
 Results: ``<results_root>/<experiment>/<row>/<column>/{metrics.json, per_query.json, config.yaml}``.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -48,12 +46,13 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
 from bench import shards
-from bench.config import cell_configs, load_config, save_config
-from bench.extract import Extractor, process_index, process_split  # the shared stage; it never imports this task
+from bench.atomic import atomic_file, digest
+from bench.config import cell_configs, save_config
+from bench.extraction import Extractor, process_index, process_split
 from bench.images import to_rgb8
-from bench.region_index import IndexParams, RegionIndex
-from bench.retrieval_metrics import PRECISION_K, average_precision, precision_at_k, summarize
-from bench.retrieval_queries import (Query, global_vector, load_queries, query_vectors, save_queries,
+from bench.retrieval.index import IndexParams, RegionIndex
+from bench.retrieval.metrics import PRECISION_K, average_precision, precision_at_k, summarize
+from bench.retrieval.queries import (Query, global_vector, load_queries, query_vectors, save_queries,
                                     select_queries)
 from datamodules.coco import annotation_file, load_coco
 from datamodules.datasets import dataset_items, layout, prepare_dataset, split_name
@@ -64,7 +63,7 @@ METHODS = ("region", "cls", "crop")
 
 
 def _digest(*values) -> str:
-    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return digest(list(values))
 
 
 def _plain(node) -> dict:
@@ -130,17 +129,15 @@ def database_globals(cfg: DictConfig, extractor) -> tuple[list[str], np.ndarray]
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_file(path) as f:
         np.save(f, array, allow_pickle=False)
-    os.replace(tmp, path)
 
 
-def extract_cell(cfg: DictConfig, index: int = 0, count: int = 1) -> dict:
+def extract_cell(cfg: DictConfig, task, index: int = 0, count: int = 1) -> dict:
     """Everything of one cell that needs the backbone: query vectors and database vectors."""
     prepare_dataset(cfg.dataset)
     queries, _ = prepare_queries(cfg)
-    extractor = Extractor(cfg)
+    extractor = Extractor(cfg, task)
     out, directory = {}, vectors_dir(cfg)
     if method(cfg) == "region":
         out["database"] = process_split(cfg, extractor, cfg.dataset.val_split, index, count)
@@ -153,36 +150,23 @@ def extract_cell(cfg: DictConfig, index: int = 0, count: int = 1) -> dict:
                                                            cfg.pooling.mode, crop, cfg.extract.progress))
     if method(cfg) != "region" and not (directory / "database.npz").is_file():
         keys, vectors = database_globals(cfg, extractor)
-        tmp = directory / "database.tmp.npz"
-        np.savez(tmp, keys=np.array(keys), vectors=vectors)
-        os.replace(tmp, directory / "database.npz")
+        with atomic_file(directory / "database.npz") as f:
+            np.savez(f, keys=np.array(keys), vectors=vectors)
     out["vectors"] = str(directory)
     return out
 
 
-def extract_retrieval(cfg: DictConfig) -> dict[str, dict]:
+def extract_retrieval(cfg: DictConfig, task) -> dict[str, dict]:
     """``python -m bench.extract`` for a retrieval experiment: every selected cell."""
     index, count = process_index(cfg)
-    return {cell: extract_cell(ccfg, index, count) for cell, ccfg in cell_configs(cfg).items()}
+    return {cell: extract_cell(ccfg, task, index, count) for cell, ccfg in cell_configs(cfg).items()}
 
 
 # ----------------------------------------------------------------------------- database and index
 def read_region_shards(split_dir: Path) -> tuple[list[dict], dict]:
     """Every sample of a shard set in shard order ({"key", "feats", "rle", "meta"}), and its manifest."""
-    import webdataset as wds
-
-    manifest = shards.load_manifest(split_dir)
-    shards.verify_shards(split_dir, manifest, level="size")
-    urls = [str(Path(split_dir) / f"{s['name']}.tar") for s in manifest["shards"]]
-    samples = []
-    for raw in wds.tarfile_to_samples()(iter({"url": u} for u in urls)):
-        s = shards.decode_sample(raw)
-        samples.append({"key": s["key"], "feats": s["feats"], "rle": s["rle"], "meta": s["meta"]})
-    expected = [k for s in manifest["shards"] for k in s["keys"]]
-    if [s["key"] for s in samples] != expected:
-        raise shards.ShardError(f"{split_dir}: the shards hold other samples than manifest.json lists "
-                                f"({len(samples)} read, {len(expected)} listed): re-run extraction")
-    return samples, manifest
+    samples, manifest = shards.read_split(split_dir, verify="size", fields=("feats", "rle", "meta"))
+    return list(samples), manifest
 
 
 def load_database(cfg: DictConfig) -> tuple[np.ndarray, np.ndarray, list[str], str, dict]:
@@ -224,7 +208,8 @@ def load_or_build_index(cfg: DictConfig) -> tuple[RegionIndex, bool, dict]:
 # ----------------------------------------------------------------------------- evaluation
 def evaluate_cell(cfg: DictConfig) -> dict:
     """Search every query of the cell, score it, write metrics.json; returns the metrics."""
-    from bench.runs import run_dir, run_record, write_json
+    from bench.config import run_dir
+    from bench.runs import run_record, write_json
 
     start = time.perf_counter()
     queries, selection = load_queries(_must_exist(query_file(cfg), cfg))
@@ -297,7 +282,6 @@ def summary_line(metrics: dict) -> str:
 
 def evaluate_retrieval(cfg: DictConfig) -> dict[str, dict]:
     """``python eval.py`` for a retrieval experiment: every selected cell, then the table."""
-    from bench.runs import run_dir
     from bench.tables import write_tables
 
     results, missing = {}, {}
@@ -312,16 +296,5 @@ def evaluate_retrieval(cfg: DictConfig) -> dict[str, dict]:
     for cell, metrics in results.items():
         print(f"{cell}: {summary_line(metrics)}")
     if cfg.table.rows:
-        print(write_tables(cfg, run_dir, Path(cfg.paths.results_root) / str(cfg.experiment)))
+        print(write_tables(cfg, Path(cfg.paths.results_root) / str(cfg.experiment), next_step="eval.py"))
     return results
-
-
-def main(argv: list[str] | None = None) -> dict[str, dict]:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from bench.tasks.retrieval import run
-
-    return run(load_config(sys.argv[1:] if argv is None else argv))
-
-
-if __name__ == "__main__":
-    main()

@@ -1,17 +1,16 @@
 """MiniADE: the built-in scene generator written in the real ADE20K (SceneParsing) layout.
 
-    python -m bench.miniade ROOT [--num-train 200 --num-val 60 --width 320 --height 240 --seed 1]
+    python -m datamodules.synthetic.miniade ROOT [--num-train 200 --num-val 60 --width 320 --height 240 --seed 1]
 
 writes ROOT/ADEChallengeData2016/{images,annotations}/{training,validation}/ADE_*.{jpg,png} and
 ROOT/objectInfo150.csv, so `datamodules.ade20k` reads it exactly like the real download. Scenes
-are MiniVOC's (`bench.minivoc.render_scene`) with their labels in ADE20K's raw convention:
+are MiniVOC's (`datamodules.synthetic.minivoc.render_scene`) with their labels in ADE20K's raw convention:
 L-mode PNGs, 0 = "other" (the void band along object boundaries, ignored after the reader's
 shift), 1..150 = classes. The eleven scene classes map to eleven of the 150 ADE20K ids in
 `ADE_IDS`; the other 139 never occur, as rare classes never occur in a small real subset.
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import sys
@@ -21,7 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench.minivoc import JPEG_QUALITY, announce_generation, render_scene
+from datamodules.synthetic.minivoc import JPEG_QUALITY, announce_generation, render_scene
+from datamodules.synthetic.cli import generator_main
 
 GENERATOR_VERSION = 1
 STAMP = ".regionbench_miniade.json"
@@ -92,15 +92,7 @@ def generate_miniade(root: str | Path, num_train: int = 200, num_val: int = 60, 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.miniade", description=__doc__.split("\n")[0])
-    parser.add_argument("root", help="directory to hold ADEChallengeData2016/")
-    parser.add_argument("--num-train", type=int, default=200)
-    parser.add_argument("--num-val", type=int, default=60)
-    parser.add_argument("--width", type=int, default=320)
-    parser.add_argument("--height", type=int, default=240)
-    parser.add_argument("--seed", type=int, default=1)
-    args = parser.parse_args(argv)
-    print(generate_miniade(args.root, args.num_train, args.num_val, args.width, args.height, args.seed))
+    generator_main(generate_miniade, argv, __doc__)
 
 
 if __name__ == "__main__":

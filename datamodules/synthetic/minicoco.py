@@ -1,10 +1,10 @@
 """MiniCOCO: the built-in scene generator written as a COCO instances dataset.
 
-    python -m bench.minicoco ROOT [--num-train 300 --num-val 100 --width 320 --height 240 --seed 0]
+    python -m datamodules.synthetic.minicoco ROOT [--num-train 300 --num-val 100 --width 320 --height 240 --seed 0]
 
 writes ROOT/{train,val}/mini_<6-digit index>.jpg and ROOT/annotations/instances_{train,val}.json, read
 by ``datamodules.coco`` exactly like COCO 2017. Scenes are MiniVOC's
-(``bench.minivoc.render_scene_instances``): one annotation per visible object, its category id
+(``datamodules.synthetic.minivoc.render_scene_instances``): one annotation per visible object, its category id
 the MiniVOC (= VOC) class index, so ids have gaps as COCO's do. Every encoding COCO uses occurs:
 
   polygons (several parts when occlusion splits an object), from the object's outer contours;
@@ -19,7 +19,6 @@ files (with the same numpy, Pillow and OpenCV builds).
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -30,8 +29,9 @@ import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from bench.minivoc import CLASSES, JPEG_QUALITY, announce_generation, image_id, render_scene_instances
+from datamodules.synthetic.minivoc import CLASSES, JPEG_QUALITY, announce_generation, image_id, render_scene_instances
 from datamodules.voc import VOC_CLASSES
+from datamodules.synthetic.cli import generator_main
 
 GENERATOR_VERSION = 1
 STAMP = ".regionbench_minicoco.json"
@@ -126,15 +126,7 @@ def generate_minicoco(root: str | Path, num_train: int = 300, num_val: int = 100
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.minicoco", description=__doc__.split("\n")[0])
-    parser.add_argument("root", help="directory to hold train/, val/ and annotations/")
-    parser.add_argument("--num-train", type=int, default=300)
-    parser.add_argument("--num-val", type=int, default=100)
-    parser.add_argument("--width", type=int, default=320)
-    parser.add_argument("--height", type=int, default=240)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    print(generate_minicoco(args.root, args.num_train, args.num_val, args.width, args.height, args.seed))
+    generator_main(generate_minicoco, argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -327,7 +327,7 @@ def load_vit_backbone(name: str, checkpoint: str | Path, layers: Sequence[int] |
     if not path.is_file():
         raise FileNotFoundError(f"{name} checkpoint not found: {path} — the official file is {row.file}, "
                                 f"from {row.published} (or make a random tiny one with "
-                                f"bench.backbones_vit.save_random_checkpoint('{name}', path))")
+                                f"bench.backbones.vit.save_random_checkpoint('{name}', path))")
     state, fmt = to_timm_keys(_read_state_dict(path))
     given = _shapes(state)
     if tiny is None:

@@ -151,8 +151,8 @@ class ColorTextureBackbone:
 
 
 # The ViT families live in their own modules (weights only ever from a local file).
-from bench.backbones_clip import CLIP_FAMILY  # noqa: E402
-from bench.backbones_vit import VIT_FAMILY  # noqa: E402
+from bench.backbones.clip import CLIP_FAMILY  # noqa: E402
+from bench.backbones.vit import VIT_FAMILY  # noqa: E402
 
 BACKBONES = {
     "colortexture": ColorTextureBackbone,

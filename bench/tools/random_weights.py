@@ -1,6 +1,6 @@
 """Random-weight checkpoints in the official formats, for smoke runs without downloads.
 
-    python -m bench.random_weights [DIR]      # default: $REGIONBENCH_DATA/checkpoints/random (or data/...)
+    python -m bench.tools.random_weights [DIR]      # default: $REGIONBENCH_DATA/checkpoints/random (or data/...)
 
 Each file is built from the real architecture classes (a 2-block toy encoder for SAM and
 HQ-SAM, MobileSAM's TinyViT, SAM 2.1 Hiera-T), seeded, and saved exactly as the official
@@ -14,7 +14,9 @@ import os
 import sys
 from pathlib import Path
 
-from bench import backbones_clip, backbones_vit, regions_sam, regions_sam2
+from bench.atomic import atomic_path
+from bench.backbones import clip as backbones_clip, vit as backbones_vit
+from bench.regions import sam as regions_sam, sam2 as regions_sam2
 
 # file name -> how to make it
 RANDOM_CHECKPOINTS = {
@@ -39,9 +41,8 @@ def write_random_checkpoints(directory: str | Path) -> list[Path]:
     for name, make in RANDOM_CHECKPOINTS.items():
         path = directory / name
         if not path.is_file():
-            tmp = path.with_name("tmp-" + name)  # keeps the suffix: it selects the file format
-            make(tmp)
-            os.replace(tmp, path)
+            with atomic_path(path, keep_suffix=True) as tmp:
+                make(tmp)
         paths.append(path)
     return paths
 

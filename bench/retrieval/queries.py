@@ -20,7 +20,6 @@ The query file is JSON: the annotation file and selection parameters, then one
 from __future__ import annotations
 
 import json
-import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from bench.atomic import write_atomic
 from bench.images import to_rgb8
 from bench.pooling import pool_regions
 from datamodules.coco import CocoDataset, annotation_file, image_path, load_coco
@@ -78,9 +78,8 @@ def select_queries(coco: CocoDataset, per_class: int, seed: int, min_area: int =
 def save_queries(path: str | Path, queries: list[Query], shortfall: dict, about: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({**about, "shortfall": shortfall, "queries": [asdict(q) for q in queries]}, indent=1))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps({**about, "shortfall": shortfall, "queries": [asdict(q) for q in queries]},
+                                  indent=1).encode())
 
 
 def load_queries(path: str | Path) -> tuple[list[Query], dict]:

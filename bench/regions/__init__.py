@@ -10,10 +10,10 @@ from typing import Protocol
 
 import numpy as np
 
-from bench.regions_sam import SAM_FAMILY
-from bench.regions_sam2 import SAM2_FAMILY
-from bench.sam_slic import GtRegions, SamSlicRegions
-from bench.slic import SlicRegions, label_map_to_masks  # noqa: F401  (re-exported)
+from bench.regions.sam import SAM_FAMILY
+from bench.regions.sam2 import SAM2_FAMILY
+from bench.regions.sam_slic import GtRegions, SamSlicRegions
+from bench.regions.slic import SlicRegions, label_map_to_masks  # noqa: F401  (re-exported)
 
 
 class RegionSource(Protocol):

@@ -1,7 +1,7 @@
 """Region search over a folder of your own images: "find every step ladder on this job site".
 
-    python -m bench.search build images=DIR index=INDEX [key=value ...]
-    python -m bench.search query index=INDEX image=IMG (mask=PNG | box=x0,y0,x1,y1) [top=10] [out=DIR]
+    python -m bench.tools.search build images=DIR index=INDEX [key=value ...]
+    python -m bench.tools.search query index=INDEX image=IMG (mask=PNG | box=x0,y0,x1,y1) [top=10] [out=DIR]
 
 ``build`` runs the extraction pipeline on every image under DIR (``dataset.layout: folder``;
 regions, backbone and pooling from the usual config keys, default SLIC + the no-weights
@@ -38,10 +38,10 @@ from bench.backbones import build_backbone
 from bench.config import load_config, save_config
 from bench.images import to_rgb8
 from bench.pooling import pool_regions
-from bench.region_index import RegionIndex
-from bench.retrieval_metrics import ranking
+from bench.retrieval.index import RegionIndex
+from bench.retrieval.metrics import ranking
 from bench.rle import decode_rles
-from bench.visualize import contact_sheet, region_boundaries, uncovered_marking
+from bench.tools.visualize import contact_sheet, region_boundaries, uncovered_marking
 from datamodules.voc import load_image
 
 OPTIONS = {"images": None, "index": None, "image": None, "mask": None, "box": None, "top": "10", "out": None}
@@ -61,8 +61,9 @@ def colour_ramp(values: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- build
 def build(images: str | Path, index_dir: str | Path, overrides: list[str] = ()) -> dict:
     """Extract region shards of every image under ``images`` and index them; returns a summary."""
-    from bench.extract import Extractor, process_split
-    from bench.retrieval import index_params, read_region_shards
+    from bench.extraction import Extractor, process_split
+    from bench.retrieval.evaluate import index_params, read_region_shards
+    from bench.tasks import get_task
     from datamodules.datasets import dataset_items
 
     images, index_dir = Path(images).resolve(), Path(index_dir).resolve()
@@ -72,7 +73,7 @@ def build(images: str | Path, index_dir: str | Path, overrides: list[str] = ()) 
                        "dataset.num_classes=1", f"extract.shard_dir={index_dir / 'shards'}",
                        "extract.feature_cache=null", f"regions.cache={index_dir / 'cache'}",
                        "retrieval.similarity=cosine", *overrides])
-    process_split(cfg, Extractor(cfg), SPLIT, 0, 1)
+    process_split(cfg, Extractor(cfg, get_task(cfg.task)), SPLIT, 0, 1)
     samples, manifest = read_region_shards(index_dir / "shards" / SPLIT)
     source = hashlib.sha256("".join(s["sha256"] for s in manifest["shards"]).encode()).hexdigest()[:16]
     meta = index_dir / "index" / "meta.json"
@@ -114,18 +115,10 @@ def query_mask(shape: tuple[int, int], mask: str | Path | None = None, box: str 
 
 def _read_samples(split_dir: Path, keys: list[str]) -> dict[str, dict]:
     """The decoded samples of ``keys``, reading only the shards that hold them."""
-    import webdataset as wds
-
     from bench import shards
 
-    manifest = shards.load_manifest(split_dir)
-    wanted = set(keys)
-    urls = [str(split_dir / f"{s['name']}.tar") for s in manifest["shards"] if wanted & set(s["keys"])]
-    out = {}
-    for raw in wds.tarfile_to_samples()(iter({"url": u} for u in urls)):
-        if raw["__key__"] in wanted:
-            out[raw["__key__"]] = shards.decode_sample(raw)
-    return out
+    samples, _ = shards.read_split(split_dir, keys=keys, verify="size")
+    return {s["key"]: s for s in samples}
 
 
 def _highlight(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -152,7 +145,7 @@ def query(index_dir: str | Path, image: str | Path, mask: str | Path | None = No
     """Rank the indexed images for one query object; write ranking.json and heatmaps; returns the ranking."""
     index_dir = Path(index_dir)
     if not (index_dir / "config.yaml").is_file():
-        raise FileNotFoundError(f"{index_dir} holds no search index: python -m bench.search build images=DIR "
+        raise FileNotFoundError(f"{index_dir} holds no search index: python -m bench.tools.search build images=DIR "
                                 f"index={index_dir}")
     cfg: DictConfig = OmegaConf.load(index_dir / "config.yaml")
     params = OmegaConf.to_container(cfg.backbone.params.get(cfg.backbone.name, {}), resolve=True)

@@ -230,7 +230,7 @@ def _mismatch_advice(path: Path, family: str, model_type: str, found: tuple[str,
     if found_type not in MODEL_TYPES[found_family]:
         return (f"{holds}, which is no known {FAMILY_LABELS[found_family]} architecture "
                 f"({MODEL_TYPES[found_family]}), but {asked} was requested; add it to VIT_ENCODERS "
-                "in bench/regions_sam.py or use an official checkpoint")
+                "in bench/regions/sam.py or use an official checkpoint")
     if found_family == family:
         return f"{holds} but {asked}: set {config}={found_type}"
     hint = ""
@@ -245,7 +245,7 @@ def _read_state_dict(path: Path, family: str, model_type: str) -> dict:
     if not path.is_file():
         official = OFFICIAL_CHECKPOINTS[family].get(model_type)
         where = (f"the official file is {official}, from {CHECKPOINT_ORIGINS[family]}" if official else
-                 f"make a random-weight one with bench.regions_sam.save_random_checkpoint('{family}', "
+                 f"make a random-weight one with bench.regions.sam.save_random_checkpoint('{family}', "
                  f"'{model_type}', path)")
         raise FileNotFoundError(f"{FAMILY_LABELS[family]} {model_type} checkpoint not found: {path} — {where}")
     state = read_checkpoint(path)

@@ -1,6 +1,6 @@
 """MiniVOC: RegionBench's built-in synthetic dataset, written in the real Pascal VOC 2012 layout.
 
-    python -m bench.minivoc ROOT [--num-train 300 --num-val 100 --width 320 --height 240 --seed 0]
+    python -m datamodules.synthetic.minivoc ROOT [--num-train 300 --num-val 100 --width 320 --height 240 --seed 0]
 
 writes ROOT/VOCdevkit/VOC2012/{JPEGImages,SegmentationClass,ImageSets/Segmentation}
 so that `datamodules.voc` reads it exactly like the real dataset. Each scene has
@@ -21,7 +21,6 @@ same numpy and Pillow builds).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -32,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from datamodules.voc import IGNORE_INDEX, IMAGE_DIR, LABEL_DIR, SPLIT_DIR, save_label_png
+from datamodules.synthetic.cli import generator_main
 
 GENERATOR_VERSION = 2  # bump when drawing changes, so old stamps stop matching
 STAMP = ".regionbench_minivoc.json"
@@ -295,16 +295,7 @@ def _refuse_foreign_dataset(voc_dir: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.minivoc", description=__doc__.split("\n")[0])
-    parser.add_argument("root", help="directory to hold VOCdevkit/")
-    parser.add_argument("--num-train", type=int, default=300)
-    parser.add_argument("--num-val", type=int, default=100)
-    parser.add_argument("--width", type=int, default=320)
-    parser.add_argument("--height", type=int, default=240)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    voc_dir = generate_minivoc(args.root, args.num_train, args.num_val, args.width, args.height, args.seed)
-    print(voc_dir)
+    generator_main(generate_minivoc, argv, __doc__)
 
 
 if __name__ == "__main__":

@@ -27,13 +27,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+
+from bench.atomic import atomic_path
 
 logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it logs every CPU feature probe at INFO
 KINDS = ("flat", "ivfpq")
@@ -173,15 +173,13 @@ class RegionIndex:
         import faiss
 
         directory = Path(directory)
-        tmp = directory.with_name(directory.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        faiss.write_index(self.index, str(tmp / "index.faiss"))
-        np.save(tmp / "image_of.npy", self.image_of)
-        (tmp / "keys.json").write_text(json.dumps(self.keys))
-        (tmp / "meta.json").write_text(json.dumps({"params": asdict(self.params), **self.info}, indent=1))
-        shutil.rmtree(directory, ignore_errors=True)
-        os.replace(tmp, directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(directory) as tmp:
+            tmp.mkdir()
+            faiss.write_index(self.index, str(tmp / "index.faiss"))
+            np.save(tmp / "image_of.npy", self.image_of)
+            (tmp / "keys.json").write_text(json.dumps(self.keys))
+            (tmp / "meta.json").write_text(json.dumps({"params": asdict(self.params), **self.info}, indent=1))
         return directory
 
     @classmethod

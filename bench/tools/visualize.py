@@ -4,7 +4,7 @@
     render_labels(label (H,W))                     -> (H,W,3) uint8 in VOC colours
     contact_sheet([[panel, ...], ...], titles)     -> one RGB image of captioned panels
 
-    python -m bench.visualize experiment=NAME [cell=row/col] [split=val] [num_images=4] [out=DIR] [key=value ...]
+    python -m bench.tools.visualize experiment=NAME [cell=row/col] [split=val] [num_images=4] [out=DIR] [key=value ...]
 
 The CLI reads the first ``num_images`` samples of each selected cell's shard set
 ``<extract.shard_dir>/<split>``, loads the original images from the dataset and writes
@@ -182,15 +182,10 @@ def patch_grid_masks(meta: dict) -> np.ndarray:
 
 def read_samples(split_dir: Path, count: int) -> list[dict]:
     """The first ``count`` decoded samples of a shard set, in shard order."""
-    import webdataset as wds
-
     from bench import shards
 
-    manifest = shards.load_manifest(split_dir)
-    shards.verify_shards(split_dir, manifest, level="exists")
-    urls = [str(split_dir / f"{s['name']}.tar") for s in manifest["shards"]]
-    stream = wds.tarfile_to_samples()(iter({"url": u} for u in urls))
-    return [shards.decode_sample(s) for s in itertools.islice(stream, count)]
+    samples, _ = shards.read_split(split_dir, verify="exists")
+    return list(itertools.islice(samples, count))
 
 
 def render_cell(cfg: DictConfig, cell: str, split: str, num_images: int, out: Path,
@@ -198,8 +193,8 @@ def render_cell(cfg: DictConfig, cell: str, split: str, num_images: int, out: Pa
     """Write one picture per sample of the cell's shard set; returns the paths. The prediction
     panel shows ``predictions[id]`` ((H, W) int, -1 undecided) when given, else the PNG that
     ``eval.py save_predictions=true`` wrote, if any."""
-    from bench.extract import decode_rles
-    from bench.runs import run_dir
+    from bench.rle import decode_rles
+    from bench.config import run_dir
     from datamodules.datasets import dataset_items, layout, split_name
     from datamodules.voc import load_image
 

@@ -177,7 +177,7 @@ def load_clip_backbone(name: str, checkpoint: str | Path, device: str = "cpu", t
     official = f"the official file is {spec.file}, published at {spec.url}"
     if not path.is_file():
         raise FileNotFoundError(f"{name} checkpoint not found: {path} — {official} (or make a random one "
-                                f"with bench.backbones_clip.save_random_checkpoint('{name}', path))")
+                                f"with bench.backbones.clip.save_random_checkpoint('{name}', path))")
     state = read_visual_state_dict(path)
     found, published, small = visual_arch(state), published_arch(name), tiny_arch(spec.patch_size)
     allowed = {None: (published, small), True: (small,), False: (published,)}[tiny]

@@ -7,7 +7,7 @@ Pooling ablations, region-generator sweeps and re-runs read the grid instead of 
 backbone again. Every grid goes through float16 whether it was just computed or read back, so a
 run gives the same pooled features (and byte-identical shards) with a cold or a warm cache.
 
-Keys are ``bench.mask_cache.content_key``: a sha256 of the decoded RGB pixels the backbone reads,
+Keys are ``bench.regions.cache.content_key``: a sha256 of the decoded RGB pixels the backbone reads,
 so a regenerated or edited image never meets the grid of the one it replaced. Every file is
 written atomically and sealed with a sha256 of its bytes (``bench.atomic``; a sealed ``.npy``
 still loads with ``np.load``). A damaged entry (truncated, garbage, a flipped byte) fails that
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from bench.atomic import remove_orphans, seal, unseal, write_atomic
-from bench.mask_cache import params_digest, report_damaged
+from bench.regions.cache import params_digest, report_damaged
 
 
 def cache_dir(root: str | Path, dataset: str, backbone: str, params: dict) -> Path:

@@ -15,7 +15,7 @@ import numpy as np
 from scipy import ndimage
 
 from bench.images import to_rgb8
-from bench.slic import SlicRegions
+from bench.regions.slic import SlicRegions
 
 
 def merge_sam_slic(sam_masks: np.ndarray, slic_labels: np.ndarray, min_pixels: int = 300,
