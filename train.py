@@ -71,7 +71,7 @@ def train(cfg: DictConfig) -> dict[str, dict]:
                          f"run python eval.py experiment={cfg.experiment}")
     results = {cell: train_cell(ccfg) for cell, ccfg in cell_configs(cfg).items()}
     if table_rows(cfg) and pl.utilities.rank_zero.rank_zero_only.rank == 0:  # the table as it stands now
-        write_tables(cfg, Path(cfg.paths.results_root) / str(cfg.experiment))
+        print(write_tables(cfg, Path(cfg.paths.results_root) / str(cfg.experiment)))
     return results
 
 

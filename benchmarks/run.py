@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import geometry as geometry_bench
+from benchmarks import scene_tokens
 from benchmarks import shards as shard_bench
 from benchmarks import throughput
 from benchmarks.hot_paths import CASES, HOT_PATHS
@@ -35,7 +36,7 @@ from benchmarks.measure import measure_memory_in_child, median_seconds, peak_ext
 
 TARGET_CASE = "ade20k"
 BUSY_LOAD = 1.5  # 1-min load average on 2 cores above which other jobs compete with the timing
-EXTRA = ("shards", "decoders", "precision", "extraction", "geometry")
+EXTRA = ("shards", "decoders", "precision", "extraction", "geometry", "scene_tokens")
 
 
 def time_hot_path(name: str, case, runs: int) -> dict:
@@ -287,6 +288,9 @@ def main(argv: list[str] | None = None) -> dict:
         rows.append(extraction_row())
     if "geometry" in chosen:  # 3D region positions at ScanNet size; the literal reference runs once
         rows.append(geometry_bench.row(args.runs))
+    if "scene_tokens" in chosen:  # Table 7's scene transformer: a training step on regions vs on patches
+        print(f"[{time.perf_counter() - start:5.0f} s] scene transformer, regions vs patches", flush=True)
+        rows.append(scene_tokens.row(min(args.runs, 3)))
     wall = time.perf_counter() - start
     table = markdown(rows)
     print()

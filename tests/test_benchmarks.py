@@ -90,3 +90,11 @@ def test_tiny_case_is_deterministic():
 def test_matmul_precision_rows_cover_three_dtypes():
     rows = throughput.matmul_rows(runs=1)
     assert [r["dtype"] for r in rows] == ["float32", "bfloat16", "float16"] and rows[0]["vs_float32"] == 1
+
+
+def test_scene_tokens_row_counts_tokens_and_times_both_steps():
+    from benchmarks import scene_tokens
+
+    row = scene_tokens.row(runs=1, frames=2, regions=5, grid=4)
+    assert (row["region_tokens"], row["patch_tokens"]) == (10, 32)
+    assert row["ours_s"] > 0 and row["reference_s"] > 0 and row["speedup"] == row["reference_s"] / row["ours_s"]

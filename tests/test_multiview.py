@@ -144,7 +144,11 @@ def test_each_row_kind_trains_and_eval_reproduces_its_metrics(scannet_root, row)
     assert trained["task"] == "multiview" and 0 < trained["miou"] <= 1
     assert trained["num_images"] == 8  # every val frame scored once, the invalid-pose one included
     assert trained["notes"]["val"]["invalid_pose"] == {"count": 1, "ids": ["scene0002_00_2"]}
-    assert evaluate(config(scannet_root, f"cell={cell}"))[cell]["confusion"] == trained["confusion"]
+    assert evaluate(config(scannet_root, f"cell={cell}", "pictures=2"))[cell]["confusion"] == trained["confusion"]
+    picture = scannet_root / "results" / "table7_multiview" / row / "miniscannet" / "scene" / "scene0002_00.png"
+    from PIL import Image
+    width, height = Image.open(picture).size  # 2 frames x 4 panels of 96x72, and the top-down view
+    assert width > 4 * 96 and height > 2 * 72
 
 
 def test_two_rank_ddp_evaluation_of_the_scene_transformer_equals_one_rank(scannet_root, tmp_path):

@@ -25,6 +25,7 @@ from omegaconf import DictConfig
 from PIL import Image, ImageDraw, ImageFont
 
 from bench.images import to_rgb8
+from bench.rle import decode_rles
 
 UNCOVERED_RGB = np.array([255, 0, 255], dtype=np.float32)  # magenta: never a region colour (hues stop at 270°)
 UNCOVERED_ALPHA = 0.35
@@ -193,7 +194,6 @@ def render_cell(cfg: DictConfig, cell: str, split: str, num_images: int, out: Pa
     """Write one picture per sample of the cell's shard set; returns the paths. The prediction
     panel shows ``predictions[id]`` ((H, W) int, -1 undecided) when given, else the PNG that
     ``eval.py save_predictions=true`` wrote, if any."""
-    from bench.rle import decode_rles
     from bench.config import run_dir
     from datamodules.datasets import dataset_items, layout, split_name
     from datamodules.voc import load_image
@@ -254,6 +254,81 @@ def draw_predictions(cfg: DictConfig, model, num_images: int, out: Path) -> list
     model.train(was_training)
     predictions = {key: pred.cpu().numpy() for key, pred in zip(batch["keys"], preds)}
     return render_cell(cfg, cfg.cell or "default/default", split, num_images, out, predictions)
+
+
+def render_top_down(xy: np.ndarray, classes: np.ndarray, sizes: np.ndarray, canvas: int = 320,
+                    margin: int = 12) -> np.ndarray:
+    """A scene seen from above: one disc per region at its world (x, y), coloured by its class in the
+    VOC palette, radius growing with ``sizes`` (e.g. pixel areas). xy (N, 2) metres, classes (N,) int,
+    sizes (N,) -> (canvas, canvas, 3) uint8, x to the right and y up, both axes at one scale."""
+    from datamodules.voc import VOC_PALETTE
+
+    sheet = Image.new("RGB", (canvas, canvas), "white")
+    draw = ImageDraw.Draw(sheet)
+    if len(xy):
+        low, high = xy.min(axis=0), xy.max(axis=0)
+        scale = (canvas - 2 * margin) / max(float((high - low).max()), 1e-6)
+        radius = 2 + 6 * np.sqrt(sizes / max(float(sizes.max()), 1.0))
+        for (x, y), c, r in sorted(zip(xy.tolist(), classes.tolist(), radius.tolist()), key=lambda t: -t[2]):
+            u, v = margin + (x - low[0]) * scale, canvas - margin - (y - low[1]) * scale
+            draw.ellipse((u - r, v - r, u + r, v + r), fill=tuple(int(q) for q in VOC_PALETTE[int(c)]),
+                         outline=(60, 60, 60))
+    return np.asarray(sheet).copy()
+
+
+def draw_scene(cfg: DictConfig, model, num_frames: int, out: Path) -> list[Path]:
+    """The paper's Figure 9 for one trained multi-view cell and the first val scene: for up to
+    ``num_frames`` of its frames image | regions | ground truth | prediction, and a top-down view of
+    every region of the scene at its 3D centroid, coloured by its predicted class (regions without
+    depth or pose are left out). Predicted here, with the scene as one group. Returns the path."""
+    import torch
+
+    from bench import shards
+    from bench.tasks.multiview import REGION_FIELDS, scene_of
+    from datamodules.datasets import dataset_items, split_name
+    from datamodules.region_shards import collate_groups
+
+    split = cfg.dataset.val_split
+    samples, _ = shards.read_split(Path(cfg.extract.shard_dir) / split_name(split), verify="size")
+    scene: list[dict] = []  # the first scene's frames (a shard holds whole scenes)
+    for sample in samples:
+        if scene and scene_of(sample["key"]) != scene_of(scene[0]["key"]):
+            break
+        scene.append(sample)
+    if not scene:
+        return []
+    batch = collate_groups([scene], REGION_FIELDS)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        probs = model.decoder(model.tokens(batch), model.groups(batch)).softmax(dim=1) \
+            if hasattr(model, "tokens") else None
+        preds = model.predict_pixels(batch)
+    model.train(was_training)
+    items = {item.id: item for item in dataset_items(cfg.dataset, split)}
+    rows, titles = [], []
+    for sample, pred in list(zip(scene, preds))[:num_frames]:
+        label = sample["label"]
+        image = np.asarray(Image.open(items[sample["key"]].image_path).convert("RGB").resize(label.shape[::-1]))
+        masks = decode_rles(sample["rle"]) if sample["rle"] else np.zeros((0, *label.shape), dtype=bool)
+        pred = pred.cpu().numpy()
+        rows.append([image, render_regions(image, masks), render_labels(label),
+                     render_labels(np.where(pred < 0, 255, pred))])
+        titles.append([sample["key"], f"{len(masks)} regions", "ground truth", "prediction"])
+    panels = contact_sheet(rows, titles)
+    valid = batch["valid3d"].numpy()
+    classes = (probs.argmax(dim=1) if probs is not None else batch["hist"][:, :-1].argmax(dim=1)).numpy()
+    top = render_top_down(batch["pos3d"].numpy()[valid, :2], classes[valid], batch["areas"].numpy()[valid],
+                          canvas=min(panels.shape[0], 480))
+    top = contact_sheet([[top]], [[f"{scene_of(scene[0]['key'])} from above: {int(valid.sum())} regions, "
+                                   "predicted class"]])
+    picture = np.full((max(panels.shape[0], top.shape[0]), panels.shape[1] + top.shape[1], 3), 255, np.uint8)
+    picture[:panels.shape[0], :panels.shape[1]] = panels
+    picture[:top.shape[0], panels.shape[1]:] = top
+    path = out / (cfg.cell or "default/default") / "scene" / f"{scene_of(scene[0]['key'])}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(picture).save(path)
+    return [path]
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
