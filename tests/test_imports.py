@@ -95,7 +95,7 @@ def test_the_project_import_graph_has_no_cycle():
 
 
 def test_loading_a_model_does_not_import_the_extraction_stack():
-    code = ("import sys, models.segmenter, models.decoders\n"
+    code = ("import sys, models.segmenter, models.decoders, models.multiview\n"
             f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, capture_output=True, text=True)
     assert out.stdout.strip() == "[]"

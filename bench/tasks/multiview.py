@@ -177,7 +177,7 @@ def build_model(cfg: DictConfig, manifest: dict):
 def pictures(cfg: DictConfig, model, count: int, out: Path) -> None:
     from bench.tools.visualize import draw_scene
 
-    draw_scene(cfg, model, count, out)
+    draw_scene(cfg, model, count, out, scene_of, REGION_FIELDS)
 
 
 TASK = Task(

@@ -276,15 +276,16 @@ def render_top_down(xy: np.ndarray, classes: np.ndarray, sizes: np.ndarray, canv
     return np.asarray(sheet).copy()
 
 
-def draw_scene(cfg: DictConfig, model, num_frames: int, out: Path) -> list[Path]:
+def draw_scene(cfg: DictConfig, model, num_frames: int, out: Path, scene_of,
+               region_fields: tuple[str, ...]) -> list[Path]:
     """The paper's Figure 9 for one trained multi-view cell and the first val scene: for up to
     ``num_frames`` of its frames image | regions | ground truth | prediction, and a top-down view of
     every region of the scene at its 3D centroid, coloured by its predicted class (regions without
-    depth or pose are left out). Predicted here, with the scene as one group. Returns the path."""
+    depth or pose are left out). Predicted here, with the scene as one group. ``scene_of``: a sample
+    key -> its scene; ``region_fields``: the per-region members the model reads. Returns the path."""
     import torch
 
     from bench import shards
-    from bench.tasks.multiview import REGION_FIELDS, scene_of
     from datamodules.datasets import dataset_items, split_name
     from datamodules.region_shards import collate_groups
 
@@ -297,7 +298,7 @@ def draw_scene(cfg: DictConfig, model, num_frames: int, out: Path) -> list[Path]
         scene.append(sample)
     if not scene:
         return []
-    batch = collate_groups([scene], REGION_FIELDS)
+    batch = collate_groups([scene], region_fields)
     was_training = model.training
     model.eval()
     with torch.no_grad():
