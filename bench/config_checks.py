@@ -34,7 +34,8 @@ class ConfigError(ValueError):
 # bench/defaults.yaml (an int where the default is a float is fine; a null default not listed
 # takes any value); `trainer.*` takes the types pytorch_lightning.Trainer declares.
 KEY_TYPES = {
-    int: ("dataset.max_images", "dataset.max_frames_per_scene", "multiview.scene_frames", "extract.index",
+    int: ("dataset.max_images", "dataset.max_frames_per_scene", "dataset.short_side", "multiview.scene_frames",
+          "video.width", "extract.index",
           "extract.count", "model.in_dim", "model.cosine_t_max",
           "model.decoder_params.transformer.width", "retrieval.search_k", "regions.params.*.points_per_*",
           "regions.params.*.crop_n_*", "regions.params.*.min_mask_region_area"),
@@ -73,7 +74,8 @@ CHOICES: dict[str, Callable[[], Iterable]] = {
     "data.verify": lambda: ("exists", "size", "sha256"),  # bench.shards.verify_shards
     "model.preset": lambda: _module("bench.presets").PRESETS,
     "model.compat": lambda: _module("bench.presets").COMPAT,
-    "model.kind": lambda: {**_module("models.segmenter").MODELS, **_module("models.multiview").MODELS},
+    "model.kind": lambda: {**_module("models.segmenter").MODELS, **_module("models.multiview").MODELS,
+                           **_module("models.video").MODELS},
     "model.decoder": lambda: _module("models.decoders").DECODERS,
     "model.label_denominator": lambda: _module("bench.labels").LABEL_DENOMINATORS,
     "model.loss_weighting": lambda: _module("models.segmenter").LOSS_WEIGHTINGS,

@@ -170,7 +170,7 @@ class Extractor:
                 # timings stay out of the tar (in the shard entry) so shard bytes are reproducible
                 "regions": stats["regions"], "coverage": stats["coverage"]}
         members, extra_meta = self.task.unit_members(self, key, masks, label)
-        notes = [name for name, test in self.task.notes.items() if test(extra_meta)]
+        notes = note_counts(self.task, extra_meta)
         if notes:
             stats["notes"] = notes
         sample = shards.encode_sample(
@@ -180,6 +180,12 @@ class Extractor:
         clock.append(time.perf_counter())
         stats["stage_seconds"] = dict(zip(("features", "regions", "pooling", "encode"), np.diff(clock).tolist()))
         return stats, sample
+
+
+def note_counts(task, meta: dict) -> dict[str, int]:
+    """{note: count} of the task's ``notes`` that hold for a unit's meta (True counts 1; 0 is left out)."""
+    counts = {name: int(value(meta)) for name, value in task.notes.items()}
+    return {name: n for name, n in counts.items() if n}
 
 
 def process_split(cfg: DictConfig, extractor: Extractor, split: str, index: int, count: int) -> dict | None:
@@ -232,12 +238,12 @@ def process_split(cfg: DictConfig, extractor: Extractor, split: str, index: int,
                     image, label = load(item)
                 except CorruptImageError as err:
                     log.warning("skipping unreadable image %s: %s", item.image_path, err)
-                    skipped.append({"id": key, "path": str(item.image_path), "reason": str(err)})
+                    skipped.append({"id": key, "path": str(item.image_path), "reason": err.reason, "message": str(err)})
                     bar.update(1)
                     continue
                 decoded = time.perf_counter()
                 try:
-                    stats[key], sample = extractor.sample(key, image, label)
+                    stats[key], sample = (extractor.task.sample or Extractor.sample)(extractor, key, image, label)
                 except shards.NonFiniteFeatures as err:
                     raise shards.NonFiniteFeatures(f"{item.image_path}: {err}") from None
                 stats[key]["stage_seconds"]["decode"] = decoded - start

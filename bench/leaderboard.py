@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from bench.tables import fmt
 
 # Columns of the page: metrics first (those present in any entry), then what identifies the run.
-METRICS = ("miou", "oracle_miou", "pixel_acc", "mean_class_acc", "map", "precision_at_50",
+METRICS = ("miou", "oracle_miou", "pixel_acc", "mean_class_acc", "map", "precision_at_50", "top1", "top5",
            "regions_per_image", "seconds_per_image")
 RUN_FIELDS = ("config_hash", "dataset", "finished_at", "hardware", "wall_seconds")
 

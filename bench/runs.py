@@ -132,8 +132,7 @@ def data_report(datamodule: RegionShardDataModule, cfg: DictConfig) -> dict:
     splits = [cfg.dataset.train_split, cfg.dataset.val_split]
     stats = datamodule.manifest(cfg.dataset.val_split)["region_stats"]
     return {"skipped": {split: datamodule.manifest(split)["skipped"] for split in splits},
-            "notes": {split: {name: {"count": len(ids), "ids": ids} for name, ids in
-                              datamodule.manifest(split).get("notes", {}).items()} for split in splits},
+            "notes": {split: datamodule.manifest(split).get("notes", {}) for split in splits},
             "region_stats": stats, "feature_cache": datamodule.manifest(cfg.dataset.val_split).get("feature_cache"), **{k: stats.get(k) for k in ("regions_per_image", "seconds_per_image", "coverage",
                                           "backbone_seconds_per_image", "feature_cache_hit_rate")}}
 

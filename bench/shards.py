@@ -629,13 +629,15 @@ def merge_manifest(split_dir: Path, plan: list[list[str]], info: dict,
     return manifest
 
 
-def notes_of(stats: dict[str, dict]) -> dict[str, list[str]]:
-    """{note: the sample ids it was made on} from per-sample extraction statistics (a task's
-    ``notes``, e.g. frames with an invalid pose), in sample order."""
-    out: dict[str, list[str]] = {}
+def notes_of(stats: dict[str, dict]) -> dict[str, dict]:
+    """{note: {"count": its total, "ids": the samples it was made on}} from per-sample extraction
+    statistics (a task's ``notes``: frames with an invalid pose, tokens cut from a clip), in sample order."""
+    out: dict[str, dict] = {}
     for key, values in stats.items():
-        for note in values.get("notes", ()):
-            out.setdefault(note, []).append(key)
+        for note, count in values.get("notes", {}).items():
+            entry = out.setdefault(note, {"count": 0, "ids": []})
+            entry["count"] += count
+            entry["ids"].append(key)
     return out
 
 

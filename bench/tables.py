@@ -36,6 +36,8 @@ METRIC_FORMATS = {
     # retrieval (bench/retrieval/evaluate.py): fractions, as the paper's Table 8 prints them
     "map": (1, "{:.3f}"), "precision_at_50": (1, "{:.3f}"), "chance_map": (1, "{:.3f}"),
     "search_seconds_per_query": (1, "{:.5f}"), "index_build_seconds": (1, "{:.3f}"),
+    # activity classification (bench/tasks/video.py): accuracies in percent, as the paper's Table 9
+    "top1": (100, "{:.1f}"), "top5": (100, "{:.1f}"),
 }
 
 

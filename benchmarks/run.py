@@ -30,13 +30,14 @@ from benchmarks import geometry as geometry_bench
 from benchmarks import scene_tokens
 from benchmarks import shards as shard_bench
 from benchmarks import throughput
+from benchmarks import video_frames
 from benchmarks.hot_paths import CASES, HOT_PATHS
 from benchmarks.inputs import make_case
 from benchmarks.measure import measure_memory_in_child, median_seconds, peak_extra_memory
 
 TARGET_CASE = "ade20k"
 BUSY_LOAD = 1.5  # 1-min load average on 2 cores above which other jobs compete with the timing
-EXTRA = ("shards", "decoders", "precision", "extraction", "geometry", "scene_tokens")
+EXTRA = ("shards", "decoders", "precision", "extraction", "geometry", "scene_tokens", "video_frames")
 
 
 def time_hot_path(name: str, case, runs: int) -> dict:
@@ -291,6 +292,9 @@ def main(argv: list[str] | None = None) -> dict:
     if "scene_tokens" in chosen:  # Table 7's scene transformer: a training step on regions vs on patches
         print(f"[{time.perf_counter() - start:5.0f} s] scene transformer, regions vs patches", flush=True)
         rows.append(scene_tokens.row(min(args.runs, 3)))
+    if "video_frames" in chosen:  # Table 9's Kinetics clips: exact frame sampling vs decoding every frame
+        print(f"[{time.perf_counter() - start:5.0f} s] Kinetics frame sampling", flush=True)
+        rows.append(video_frames.row(args.runs))
     wall = time.perf_counter() - start
     table = markdown(rows)
     print()

@@ -8,7 +8,7 @@ from typing import Callable, Iterator
 import numpy as np
 from omegaconf import DictConfig
 
-from datamodules import ade20k, coco, folder, scannet, voc
+from datamodules import ade20k, coco, folder, kinetics, scannet, voc
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,12 @@ def _generate_miniscannet(root: Path, **params) -> Path:
     return generate_miniscannet(root, **params)
 
 
+def _generate_minikinetics(root: Path, **params) -> Path:
+    from datamodules.synthetic.minikinetics import generate_minikinetics
+
+    return generate_minikinetics(root, **params)
+
+
 def _scannet_classes(root: Path) -> list[str]:
     return [name for _, name in scannet.read_scored_classes(Path(root) / scannet.CLASSES_NAME)]
 
@@ -61,6 +67,9 @@ LAYOUTS = {
     # RGB-D frames (task: multiview, which lists and reads its frames itself: bench/tasks/multiview.py)
     "scannet": Layout(lambda root, split: scannet.iter_frames(root, split, "scannet"), None, _scannet_classes,
                       generate=_generate_miniscannet),
+    # video clips (task: video, which samples their frames itself: bench/tasks/video.py)
+    "kinetics": Layout(lambda root, split: sum(kinetics.list_clips(root, split), []), None, kinetics.class_names,
+                       generate=_generate_minikinetics),
     "scannet_frames_25k": Layout(lambda root, split: scannet.iter_frames(root, split, "scannet_frames_25k"), None,
                                  _scannet_classes),
 }

@@ -54,28 +54,35 @@ def _tensor(array: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(array.astype(bool if array.dtype.kind == "b" else np.int64))
 
 
-def collate_regions(samples: list[dict], region_fields: tuple[str, ...] = ()) -> dict:
+def collate_regions(samples: list[dict], region_fields: tuple[str, ...] = (),
+                    unit_fields: tuple[str, ...] = ()) -> dict:
     """Decoded samples -> one batch: region tensors concatenated, per-image data in lists.
 
-    feats (N, d) float32, hist (N, C+1) int64, areas (N,) int64, image_index (N,) int64
-    with N the total region count, and each of ``region_fields`` (a task's per-region members,
-    e.g. pos2d (N, 6)) concatenated the same way; keys, labels (H, W), rles, metas and patches per image.
+    feats (N, d) float32, areas (N,) int64, image_index (N,) int64 with N the total region count,
+    hist (N, C+1) int64 when the samples hold it, and each of ``region_fields`` (a task's per-region
+    members, e.g. pos2d (N, 6)) concatenated the same way; each of ``unit_fields`` (one array per
+    sample, e.g. a clip's class tokens (T, d)) stacked to (B, ...); keys, labels (H, W) when present,
+    rles, metas and patches per sample.
     """
     counts = [len(s["feats"]) for s in samples]
     dim = samples[0]["feats"].shape[1]
     batch = {
         "feats": float32(np.concatenate([s["feats"] for s in samples])) if sum(counts)
         else torch.zeros(0, dim),
-        "hist": torch.from_numpy(np.concatenate([s["hist"] for s in samples]).astype(np.int64)),
         "areas": torch.from_numpy(np.concatenate([s["areas"] for s in samples]).astype(np.int64)),
         "image_index": torch.from_numpy(np.repeat(np.arange(len(samples)), counts)),
         "keys": [s["key"] for s in samples],
-        "labels": [torch.from_numpy(s["label"].astype(np.int64)) for s in samples],
         "rles": [s["rle"] for s in samples],
         "metas": [s["meta"] for s in samples],
     }
+    if "hist" in samples[0]:
+        batch["hist"] = torch.from_numpy(np.concatenate([s["hist"] for s in samples]).astype(np.int64))
+    if "label" in samples[0]:
+        batch["labels"] = [torch.from_numpy(s["label"].astype(np.int64)) for s in samples]
     for name in region_fields:
         batch[name] = _tensor(np.concatenate([s[name] for s in samples]))
+    for name in unit_fields:
+        batch[name] = _tensor(np.stack([s[name] for s in samples]))
     if "patches" in samples[0]:
         batch["patches"] = [float32(s["patches"]) for s in samples]
     return batch
@@ -278,7 +285,7 @@ class TrainStream(IterableDataset):
 
     def __init__(self, split_dir: Path, manifest: dict, batch_size: int, rank: int, world: int,
                  seed: int, shuffle_buffer: int, unit: str = "image", region_buffer: int = 20000,
-                 verify: bool = True, region_fields: tuple[str, ...] = (),
+                 verify: bool = True, region_fields: tuple[str, ...] = (), unit_fields: tuple[str, ...] = (),
                  group_of: Callable[[str], str] | None = None, group_frames: int | None = None):
         if unit not in UNITS:
             raise ValueError(f"unit={unit!r}: one of {', '.join(UNITS)}")
@@ -288,6 +295,7 @@ class TrainStream(IterableDataset):
         self.expected = {u: s["keys"] for u, s in zip(self.urls, manifest["shards"])}
         self.sha256s = _checksums(self.urls, manifest, verify)
         self.region_fields, self.group_of, self.group_frames = tuple(region_fields), group_of, group_frames
+        self.unit_fields = tuple(unit_fields)
         self.units = {"image": manifest["num_samples"], "region": manifest["num_regions"],
                       "scene": group_of and sum(count_groups(s["keys"], group_of, group_frames)
                                                 for s in manifest["shards"])}[unit]
@@ -343,7 +351,8 @@ class TrainStream(IterableDataset):
             stream = wds.batched(self.batch_size, collation_fn=collate, partial=False)(stream)
         else:
             stream = (shardio.decode_sample(s, copy=False) for s in stream)
-            collate = functools.partial(collate_regions, region_fields=self.region_fields)
+            collate = functools.partial(collate_regions, region_fields=self.region_fields,
+                                        unit_fields=self.unit_fields)
             stream = wds.batched(self.batch_size, collation_fn=collate, partial=False)(stream)
         for _, batch in zip(range(my_batches), stream):
             yield batch
@@ -357,11 +366,13 @@ class EvalStream(IterableDataset):
 
     def __init__(self, split_dir: Path, manifest: dict, batch_size: int, rank: int, world: int,
                  num_workers: int, verify: bool = True, region_fields: tuple[str, ...] = (),
-                 group_of: Callable[[str], str] | None = None, group_frames: int | None = None):
+                 unit_fields: tuple[str, ...] = (), group_of: Callable[[str], str] | None = None,
+                 group_frames: int | None = None):
         self.urls = [str(Path(split_dir) / f"{s['name']}.tar") for s in manifest["shards"]]
         self.expected = {u: s["keys"] for u, s in zip(self.urls, manifest["shards"])}
         self.sha256s = _checksums(self.urls, manifest, verify)
         self.region_fields, self.group_of, self.group_frames = tuple(region_fields), group_of, group_frames
+        self.unit_fields = tuple(unit_fields)
         self.counts = [s["count"] if group_of is None else count_groups(s["keys"], group_of, group_frames)
                        for s in manifest["shards"]]
         self.batch_size, self.rank, self.world = batch_size, rank, world
@@ -384,7 +395,8 @@ class EvalStream(IterableDataset):
             stream = frame_groups(stream, self.group_of, self.group_frames)
             collate = functools.partial(collate_groups, region_fields=self.region_fields)
         else:
-            collate = functools.partial(collate_regions, region_fields=self.region_fields)
+            collate = functools.partial(collate_regions, region_fields=self.region_fields,
+                                        unit_fields=self.unit_fields)
         yield from wds.batched(self.batch_size, collation_fn=collate, partial=True)(stream)
 
 
@@ -422,7 +434,7 @@ class RegionShardDataModule(pl.LightningDataModule):
     def __init__(self, shard_dir: str, train_split: str, val_split: str, batch_size: int = 16,
                  region_batch_size: int = 1024, region_buffer: int = 20000, train_unit: str = "image",
                  num_workers: int = 0, shuffle_buffer: int = 64, verify: str = "sha256", seed: int = 0,
-                 members: tuple[str, ...] = (), region_fields: tuple[str, ...] = (),
+                 members: tuple[str, ...] = (), region_fields: tuple[str, ...] = (), unit_fields: tuple[str, ...] = (),
                  group_of: Callable[[str], str] | None = None, group_frames: int | None = None,
                  eval_groups: bool = False):
         """``region_fields``: per-region members batched with the regions (a task's positions);
@@ -431,6 +443,7 @@ class RegionShardDataModule(pl.LightningDataModule):
         super().__init__()
         self.members = tuple(members)  # sample members the task needs beyond bench.shards.COMMON
         self.region_fields, self.group_of, self.group_frames = tuple(region_fields), group_of, group_frames
+        self.unit_fields = tuple(unit_fields)
         self.eval_groups = eval_groups
         if verify not in VERIFY:
             raise ValueError(f"data.verify={verify!r} is not one of {', '.join(VERIFY)}")
@@ -467,7 +480,7 @@ class RegionShardDataModule(pl.LightningDataModule):
                              self.region_batch_size if by_region else self.batch_size, rank, world, self.seed,
                              self.shuffle_buffer, unit=self.train_unit, region_buffer=self.region_buffer,
                              verify=self.verify == "sha256", region_fields=self.region_fields,
-                             group_of=self.group_of, group_frames=self.group_frames)
+                             unit_fields=self.unit_fields, group_of=self.group_of, group_frames=self.group_frames)
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
         return EpochLoader(stream, first_epoch=epoch, **self._loader_kwargs())
 
@@ -475,7 +488,8 @@ class RegionShardDataModule(pl.LightningDataModule):
         rank, world = self._rank_world()
         stream = EvalStream(self.shard_dir / split_name(split), self.manifest(split), self.batch_size, rank, world,
                             self.num_workers, verify=self.verify == "sha256", region_fields=self.region_fields,
-                            group_of=self.group_of if self.eval_groups else None, group_frames=self.group_frames)
+                            unit_fields=self.unit_fields, group_of=self.group_of if self.eval_groups else None,
+                            group_frames=self.group_frames)
         return DataLoader(stream, batch_size=None, collate_fn=as_is, **self._loader_kwargs())
 
     def val_dataloader(self) -> DataLoader:

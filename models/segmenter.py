@@ -7,6 +7,8 @@ per epoch.
 """
 from __future__ import annotations
 
+import functools
+import math
 from typing import Sequence
 
 import pytorch_lightning as pl
@@ -42,6 +44,15 @@ def weighted_cross_entropy(logits: Tensor, labels: Tensor, areas: Tensor, weight
     return ce.mean()
 
 
+def warmup_factor(step: int, per_epoch: int, warmup_epochs: float, t_max: int, cosine: bool) -> float:
+    """The lr multiplier at optimizer step ``step``: a linear ramp (step + 1) / (warmup_epochs x
+    per_epoch) up to 1, times the per-epoch cosine 0.5 (1 + cos(pi e / t_max)) of epoch e = step //
+    per_epoch (capped at t_max) when ``cosine``."""
+    ramp = min(1.0, (step + 1) / max(1.0, warmup_epochs * per_epoch))
+    epoch = min(step // per_epoch, t_max)
+    return ramp * (0.5 * (1 + math.cos(math.pi * epoch / t_max)) if cosine else 1.0)
+
+
 class Segmenter(pl.LightningModule):
     """Shared optimisation, evaluation, prediction saving and the exactly-once check.
 
@@ -53,7 +64,7 @@ class Segmenter(pl.LightningModule):
     def __init__(self, in_dim: int, num_classes: int, decoder: str = "linear", decoder_params: dict | None = None,
                  label_threshold: float = 0.5, label_denominator: str = "labelled", loss_weighting: str = "area",
                  lr: float = 3e-3, weight_decay: float = 0.01, scheduler: str = "cosine",
-                 cosine_t_max: int | None = None, warmup_epochs: int = 0, uncovered: str = "miss", unscored_classes: Sequence[int] = (),
+                 cosine_t_max: int | None = None, warmup_epochs: float = 0.0, uncovered: str = "miss", unscored_classes: Sequence[int] = (),
                  report_oracle: bool = False, ignore_index: int = 255, preset: str | None = None,
                  compat: str | None = None):
         """Arguments are the ``model:`` config keys (bench/defaults.yaml documents each) plus the
@@ -80,18 +91,21 @@ class Segmenter(pl.LightningModule):
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        warmup = int(self.hparams.get("warmup_epochs") or 0)  # get: checkpoints written before it existed
+        warmup = float(self.hparams.get("warmup_epochs") or 0)  # get: checkpoints written before it existed
         if self.hparams.scheduler == "none" and not warmup:
             return opt
         # Stepped once per epoch; cosine_t_max > max_epochs stops before the minimum (the released recipe).
-        t_max = self.hparams.cosine_t_max or max(int(self.trainer.max_epochs or 1), 1)
-        schedulers = {"cosine": lambda: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(t_max - warmup, 1)),
-                      "none": lambda: torch.optim.lr_scheduler.ConstantLR(opt, factor=1.0, total_iters=0)}
-        main = schedulers[self.hparams.scheduler]()
+        max_epochs = max(int(self.trainer.max_epochs or 1), 1)
+        t_max = self.hparams.cosine_t_max or max_epochs
         if not warmup:
-            return {"optimizer": opt, "lr_scheduler": main}
-        ramp = torch.optim.lr_scheduler.LinearLR(opt, start_factor=0.01, end_factor=1.0, total_iters=warmup)
-        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.SequentialLR(opt, [ramp, main], [warmup])}
+            return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=t_max)}
+        # Warm-up (possibly a fraction of an epoch, e.g. the paper's 2.5): stepped per optimizer step,
+        # a linear ramp over the first warmup_epochs, times the same per-epoch cosine as above.
+        per_epoch = max(1, int(self.trainer.estimated_stepping_batches) // max_epochs)
+        factor = functools.partial(warmup_factor, per_epoch=per_epoch, warmup_epochs=warmup, t_max=t_max,
+                                   cosine=self.hparams.scheduler == "cosine")
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": torch.optim.lr_scheduler.LambdaLR(opt, factor),
+                                                   "interval": "step"}}
 
     def _score(self, batch: dict, metric: SegmentationMetric) -> list[Tensor]:
         preds = self.predict_pixels(batch)

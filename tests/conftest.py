@@ -44,3 +44,30 @@ def shared_or_skip() -> Path:
     if not FIXTURES.is_dir():
         pytest.skip(f"real dataset samples not found at {FIXTURES} (../shared beside the repository)")
     return FIXTURES
+
+
+def eval_on_one_and_two_ranks(args: list[str], results: Path, cell: str, tmp: Path) -> dict[int, dict]:
+    """``eval.py`` of a trained ``cell`` (config ``args``, runs under ``results``) on a copy of its
+    results, in this process (1 rank) and as a 2-rank gloo DDP subprocess: {ranks: metrics.json}."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from eval import evaluate
+
+    experiment = next(a.split("=", 1)[1] for a in args if a.startswith("experiment="))
+    out = {}
+    for devices in (1, 2):
+        where = tmp / f"results_{devices}"
+        shutil.copytree(results, where)
+        run = [*args, f"paths.results_root={where}", f"cell={cell}", "trainer.accelerator=cpu",
+               f"trainer.devices={devices}", "trainer.strategy=" + ("ddp" if devices > 1 else "auto")]
+        if devices == 1:
+            evaluate(load_config(run))
+        else:
+            done = subprocess.run([sys.executable, "eval.py", *run], cwd=Path(__file__).resolve().parents[1],
+                                  capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, done.stderr[-3000:]
+        out[devices] = json.loads((where / experiment / cell / "metrics.json").read_text())
+    return out

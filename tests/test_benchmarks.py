@@ -98,3 +98,11 @@ def test_scene_tokens_row_counts_tokens_and_times_both_steps():
     row = scene_tokens.row(runs=1, frames=2, regions=5, grid=4)
     assert (row["region_tokens"], row["patch_tokens"]) == (10, 32)
     assert row["ours_s"] > 0 and row["reference_s"] > 0 and row["speedup"] == row["reference_s"] / row["ours_s"]
+
+
+def test_video_frames_row_samples_the_reference_frames():
+    from benchmarks import video_frames
+
+    row = video_frames.row(runs=1, num_frames=4, gop=30, seconds=2, fixtures=False)
+    assert row["id"] == "video_frames" and row["check"]["ok"] and row["check"]["identical_frames"]
+    assert row["ours_s"] > 0 and row["speedup"] > 0 and row["fixtures"] == []

@@ -127,7 +127,8 @@ def test_named_datasets_list_every_key_under_their_own_name_and_are_type_checked
     cfg = load_config([])
     frames = ("frame_stride", "max_frames_per_scene")  # how RGB-D layouts sample a scene's frames
     for name, node in cfg.datasets.items():
-        extra = frames if node.layout.startswith("scannet") else ()
+        clips = ("num_frames", "short_side", "max_tokens", "prescan")  # how a video becomes tokens
+        extra = frames if node.layout.startswith("scannet") else clips if node.layout == "kinetics" else ()
         assert sorted(node) == sorted([*cfg.dataset, *extra]) and node.name == name, name
     assert load_config(["datasets.voc.generate=null", "datasets.voc.max_images=2"]).datasets.voc.max_images == 2
     with pytest.raises(ConfigError, match=r"'datasets.voc.num_classes' \(from command line\) is 'many'.*integer"):

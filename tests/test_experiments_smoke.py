@@ -19,7 +19,7 @@ import pytest
 from bench.config import EXPERIMENTS_DIR, load_config, table_rows
 
 # experiment -> its column that runs anywhere (the rest need downloaded datasets and weights)
-MINI_COLUMN = {"table8_retrieval": "minicoco", "table7_multiview": "miniscannet"}
+MINI_COLUMN = {"table8_retrieval": "minicoco", "table7_multiview": "miniscannet", "table9_activity": "minikinetics"}
 EVAL_ONLY = ("table8_retrieval",)  # nothing to train: eval.py builds the index and scores the queries
 # what an experiment needs beyond SMOKE: a database of more than one image
 EXTRA = {"table8_retrieval": ["dataset.max_images=null", "retrieval.no_positives=skip"]}
@@ -32,6 +32,9 @@ TINY_DATA = {
                          "dataset.generate.frames_per_scene=3", "dataset.generate.width=96",
                          "dataset.generate.height=72", "dataset.generate.depth_width=48",
                          "dataset.generate.depth_height=36", "dataset.max_images=null"],
+    # one clip per class and split, 16 frames of 64x48; two clips per split
+    "table9_activity": ["dataset.generate.num_train=1", "dataset.generate.num_val=1", "dataset.generate.frames=16",
+                        "dataset.generate.width=64", "dataset.generate.height=48", "dataset.max_images=2"],
 }
 SHARED_MASKS = ("regions_smoke", "table1_region_generation")  # one data root: SAM masks computed once
 SAM_FAMILY = ("sam", "hq_sam", "mobile_sam", "sam2")

@@ -2,10 +2,7 @@
 context, invalid poses, and 2-rank DDP evaluation equal to one rank."""
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,12 +10,12 @@ import pytest
 import torch
 
 from bench import shards
-from bench.config import cell_config, load_config, run_dir
+from bench.config import cell_config, load_config
 from bench.tasks.multiview import plan, scene_of
 from datamodules.region_shards import collate_groups, count_groups, frame_groups
 from models.multiview import MultiviewSegmenter, fourier_features
+from tests.conftest import eval_on_one_and_two_ranks
 
-REPO = Path(__file__).resolve().parents[1]
 # 2 train + 2 val scenes of 4 frames at 96x72 (depth 48x36); each scene its own shard (4 per shard)
 TINY_SCANNET = ["dataset.generate.num_train_scenes=2", "dataset.generate.num_val_scenes=2",
                 "dataset.generate.frames_per_scene=4", "dataset.generate.width=96", "dataset.generate.height=72",
@@ -96,7 +93,7 @@ def test_shards_hold_positions_and_name_the_frame_with_an_invalid_pose(scannet_r
     assert manifest["task"] == "multiview"
     assert {"pos2d.npy", "pos3d.npy", "valid3d.npy"} <= set(manifest["members"])
     # the generator writes -inf into frame frames//2 of the first val scene (ScanNet's known fault)
-    assert manifest["notes"] == {"invalid_pose": ["scene0002_00_2"]}
+    assert manifest["notes"] == {"invalid_pose": {"count": 1, "ids": ["scene0002_00_2"]}}
     for entry in manifest["shards"]:  # whole scenes per shard
         assert len({scene_of(k) for k in entry["keys"]}) == 1
     samples, _ = shards.read_split(shard_dir(scannet_root, "val"))
@@ -152,24 +149,11 @@ def test_each_row_kind_trains_and_eval_reproduces_its_metrics(scannet_root, row)
 
 
 def test_two_rank_ddp_evaluation_of_the_scene_transformer_equals_one_rank(scannet_root, tmp_path):
-    from eval import evaluate
     from train import train
 
     cell = "scene_transformer_2d_3d/miniscannet"
     train(config(scannet_root, f"cell={cell}"))
-    results = {}
-    for devices in (1, 2):
-        where = tmp_path / f"results_{devices}"
-        shutil.copytree(scannet_root / "results", where)
-        args = [*overrides(scannet_root), f"paths.results_root={where}", f"cell={cell}", "trainer.accelerator=cpu",
-                f"trainer.devices={devices}", "trainer.strategy=" + ("ddp" if devices > 1 else "auto")]
-        if devices == 1:
-            evaluate(load_config(args))
-        else:
-            out = subprocess.run([sys.executable, "eval.py", *args], cwd=REPO, capture_output=True, text=True,
-                                 timeout=300)
-            assert out.returncode == 0, out.stderr[-3000:]
-        results[devices] = json.loads((where / "table7_multiview" / cell / "metrics.json").read_text())
+    results = eval_on_one_and_two_ranks(overrides(scannet_root), scannet_root / "results", cell, tmp_path)
     assert results[2]["eval"]["world_size"] == 2
     assert results[2]["confusion"] == results[1]["confusion"] and results[2]["num_images"] == 8
 

@@ -1,6 +1,8 @@
 """Losses and the patch baseline's pixel alignment."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -138,3 +140,13 @@ def test_unscored_classes_reach_every_metric():
     assert model.oracle_metric.unscored_classes == [2]
     with pytest.raises(ValueError, match="model.unscored_classes"):
         RegionSegmenter(in_dim=4, num_classes=3, unscored_classes=[3])
+
+
+def test_warmup_ramps_linearly_over_a_fraction_of_epochs_then_follows_the_epoch_cosine():
+    from models.segmenter import warmup_factor
+
+    f = [warmup_factor(s, per_epoch=4, warmup_epochs=2.5, t_max=10, cosine=True) for s in range(16)]
+    assert f[0] == pytest.approx(1 / 10) and f[8] == pytest.approx(9 / 10 * 0.5 * (1 + math.cos(math.pi * 2 / 10)))
+    assert f[9] == pytest.approx(0.5 * (1 + math.cos(math.pi * 2 / 10)))  # ramp done after 10 steps
+    assert f[12] == pytest.approx(0.5 * (1 + math.cos(math.pi * 3 / 10)))  # epoch 3
+    assert [warmup_factor(s, 4, 2.5, 10, cosine=False) for s in (0, 9, 15)] == pytest.approx([0.1, 1.0, 1.0])

@@ -117,6 +117,16 @@ class ColorTextureBackbone:
         grid = np.concatenate(blocks, axis=-1).astype(np.float32)  # (h, w, d)
         return torch.from_numpy(np.ascontiguousarray(grid.transpose(2, 0, 1)))
 
+    def global_feature(self, image: np.ndarray) -> torch.Tensor:
+        """(H, W, 3) -> (embed_dim,): the mean of the image's patch descriptors, this descriptor's
+        stand-in for a ViT's class token."""
+        return self.global_from_grid(self.features(image))
+
+    @staticmethod
+    def global_from_grid(grid: torch.Tensor) -> torch.Tensor:
+        """(embed_dim, h, w) patch grid -> (embed_dim,) ``global_feature`` without recomputing it."""
+        return grid.float().mean(dim=(1, 2))
+
     def _hog(self, grad_y: np.ndarray, grad_x: np.ndarray, magnitude: np.ndarray, h: int, w: int) -> np.ndarray:
         """(h, p, w, p) gradients -> (h, w, c*c*B) normalised orientation histograms."""
         p, c, bins = self.patch_size, self.cells_per_side, self.orientation_bins

@@ -10,13 +10,14 @@ datamodule and LightningModule or evaluator, report and summary) and one line be
 """
 from __future__ import annotations
 
-from bench.tasks import multiview, retrieval, segmentation
+from bench.tasks import multiview, retrieval, segmentation, video
 from bench.tasks.base import Task
 
 TASKS: dict[str, Task] = {
     "segmentation": segmentation.TASK,
     "retrieval": retrieval.TASK,
     "multiview": multiview.TASK,
+    "video": video.TASK,
 }
 
 

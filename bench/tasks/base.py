@@ -49,8 +49,11 @@ class Task:
     # how a split's units are cut into shards: (units, samples_per_shard) -> lists of ids; None =
     # consecutive runs of samples_per_shard (a multi-view task keeps each scene in one shard)
     plan: Callable | None = None
-    # notes counted and named in the manifest and metrics.json: {name: meta -> bool}, e.g. frames
-    # whose pose is invalid ({"invalid_pose": lambda meta: not meta["pose_valid"]})
+    # notes counted and named in the manifest and metrics.json: {name: meta -> bool or count}, e.g.
+    # frames whose pose is invalid ({"invalid_pose": lambda meta: not meta["pose_valid"]})
     notes: dict = field(default_factory=dict)
+    # how a unit becomes its shard sample: (extractor, key, image, annotation) -> (stats, sample);
+    # None = Extractor.sample (one image); a video task samples several frames
+    sample: Callable | None = None
 
 

@@ -332,6 +332,49 @@ def draw_scene(cfg: DictConfig, model, num_frames: int, out: Path, scene_of,
     return [path]
 
 
+def draw_clips(cfg: DictConfig, model, num_clips: int, out: Path, region_fields: tuple[str, ...],
+               unit_fields: tuple[str, ...]) -> list[Path]:
+    """For the first ``num_clips`` val clips of a trained video cell: the clip's frames, each with its
+    regions, titled with the true label and the model's top-5 (predicted here). Returns the paths."""
+    import torch
+
+    from bench import shards
+    from datamodules import kinetics
+    from datamodules.datasets import split_name
+    from datamodules.region_shards import collate_regions
+
+    split = cfg.dataset.val_split
+    samples, _ = shards.read_split(Path(cfg.extract.shard_dir) / split_name(split), verify="size")
+    samples = list(itertools.islice(samples, num_clips))
+    if not samples:
+        return []
+    batch = collate_regions(samples, region_fields, unit_fields)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        probs = model.logits(batch).softmax(dim=1)
+    model.train(was_training)
+    names = kinetics.class_names(cfg.dataset.root)
+    clips = {clip.id: clip for clip in kinetics.list_clips(cfg.dataset.root, split)[0]}
+    written = []
+    for i, sample in enumerate(samples):
+        frames, _ = kinetics.sample_frames(clips[sample["key"]].path, int(cfg.dataset.num_frames),
+                                           cfg.dataset.short_side)
+        masks = decode_rles(sample["rle"]) if sample["rle"] else np.zeros((0, *frames.shape[1:3]), dtype=bool)
+        panels = [render_regions(frame, masks[sample["frame"] == t]) for t, frame in enumerate(frames)]
+        top = torch.topk(probs[i], k=min(5, probs.shape[1]))
+        guesses = ", ".join(f"{names[c]} {100 * p:.0f}%" for p, c in zip(top.values.tolist(), top.indices.tolist()))
+        titles = [f"t={t}: {int((sample['frame'] == t).sum())} regions" for t in range(len(frames))]
+        sheet = contact_sheet([panels[:4], panels[4:]], [titles[:4], titles[4:]])
+        caption = contact_sheet([[np.full((1, sheet.shape[1] - 8, 3), 255, np.uint8)]],
+                                [[f"{sample['key']}: true {sample['meta']['label_name']}; top-5 {guesses}"]])
+        path = out / (cfg.cell or "default/default") / "clips" / f"{sample['key']}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.concatenate([caption, sheet])).save(path)
+        written.append(path)
+    return written
+
+
 def main(argv: list[str] | None = None) -> list[Path]:
     """Draw the first images of every selected cell; prints and returns the written paths."""
     from bench.config import cell_configs, load_config
