@@ -37,7 +37,7 @@ from benchmarks.measure import measure_memory_in_child, median_seconds, peak_ext
 
 TARGET_CASE = "ade20k"
 BUSY_LOAD = 1.5  # 1-min load average on 2 cores above which other jobs compete with the timing
-EXTRA = ("shards", "decoders", "precision", "extraction", "geometry", "scene_tokens", "video_frames")
+EXTRA = ("shards", "decoders", "precision", "extraction", "geometry", "scene_tokens", "clip_tokens", "video_frames")
 
 
 def time_hot_path(name: str, case, runs: int) -> dict:
@@ -292,6 +292,9 @@ def main(argv: list[str] | None = None) -> dict:
     if "scene_tokens" in chosen:  # Table 7's scene transformer: a training step on regions vs on patches
         print(f"[{time.perf_counter() - start:5.0f} s] scene transformer, regions vs patches", flush=True)
         rows.append(scene_tokens.row(min(args.runs, 3)))
+    if "clip_tokens" in chosen:  # Table 9's clip transformer: 400 region tokens vs 8 frames of patches
+        print(f"[{time.perf_counter() - start:5.0f} s] clip transformer, regions vs patches", flush=True)
+        rows.append(scene_tokens.clip_row(min(args.runs, 3)))
     if "video_frames" in chosen:  # Table 9's Kinetics clips: exact frame sampling vs decoding every frame
         print(f"[{time.perf_counter() - start:5.0f} s] Kinetics frame sampling", flush=True)
         rows.append(video_frames.row(args.runs))

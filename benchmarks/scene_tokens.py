@@ -1,6 +1,7 @@
-"""A scene transformer's training step on region tokens vs on patch tokens (same model, same width).
+"""A transformer's training step on region tokens vs on patch tokens (same model, same width): Table 7's
+scene transformer (``row``) and Table 9's clip transformer (``clip_row``).
 
-    python -m benchmarks.scene_tokens [--frames 4] [--regions 40] [--grid 37] [--runs 3]
+    python -m benchmarks.scene_tokens [--frames 4] [--regions 40] [--grid 37] [--heads 8] [--runs 3]
 
 Input: one scene of ``frames`` frames; regions: ``regions`` tokens per frame (the paper's ScanNet
 frames hold a few dozen); patches: a ``grid`` x ``grid`` patch grid per frame (DINOv2 ViT-L/14 at 518
@@ -19,20 +20,20 @@ import os
 
 import torch
 
-from benchmarks.measure import median_seconds
+from benchmarks.measure import median_seconds, peak_extra_memory
 from models.decoders import TransformerDecoder
 
 WIDTH, LAYERS, HEADS, CLASSES = 256, 3, 8, 20
 
 
-def step_workload(tokens: int, seed: int = 0):
-    """A closure running one training step of the scene transformer on ``tokens`` tokens (one group)."""
+def step_workload(tokens: int, seed: int = 0, heads: int = HEADS):
+    """A closure running one training step of the transformer on ``tokens`` tokens (one group)."""
     generator = torch.Generator().manual_seed(seed)
     feats = torch.randn(tokens, WIDTH, generator=generator)
     labels = torch.randint(0, CLASSES, (tokens,), generator=generator)
     group = torch.zeros(tokens, dtype=torch.long)
     torch.manual_seed(seed)
-    model = TransformerDecoder(WIDTH, CLASSES, layers=LAYERS, heads=HEADS, dim_feedforward=4 * WIDTH, dropout=0.0)
+    model = TransformerDecoder(WIDTH, CLASSES, layers=LAYERS, heads=heads, dim_feedforward=4 * WIDTH, dropout=0.0)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step() -> float:
@@ -57,6 +58,26 @@ def row(runs: int = 3, frames: int = 4, regions: int = 40, grid: int = 37) -> di
             "check": {"ok": True, "text": f"tokens {region_tokens} vs {patch_tokens} "
                                           f"({patch_tokens / region_tokens:.0f}x); at 16 frames "
                                           f"{16 * regions} vs {16 * grid * grid}"},
+            "load_average": os.getloadavg()[0]}
+
+
+def clip_row(runs: int = 3, frames: int = 8, tokens: int = 400, grid: int = 16, heads: int = 16) -> dict:
+    """Table 9's clip transformer (16 heads): ``tokens`` region tokens (the paper's cap, 400) against 8
+    frames of ``grid`` x ``grid`` patches, step time and peak extra memory (RSS) of each. The paper's
+    37 x 37 grid (10,952 tokens: a 7.7 GB attention matrix per layer in fp32) is not run here."""
+    patch_tokens = frames * grid * grid
+    ours, ours_runs, _ = median_seconds(step_workload(tokens, heads=heads), runs)
+    reference, reference_runs, _ = median_seconds(step_workload(patch_tokens, heads=heads), runs)
+    ours_mem, _ = peak_extra_memory(step_workload(tokens, heads=heads))
+    reference_mem, method = peak_extra_memory(step_workload(patch_tokens, heads=heads))
+    return {"id": "clip_tokens", "hot_path": "clip transformer train step: region tokens vs patches",
+            "input": f"{tokens} region tokens vs {frames} frames x {grid}x{grid} patches; width {WIDTH}, "
+                     f"{LAYERS} layers, {heads} heads",
+            "ours_s": ours, "ours_runs": ours_runs, "reference_s": reference, "reference_runs": reference_runs,
+            "speedup": reference / ours, "region_tokens": tokens, "patch_tokens": patch_tokens,
+            "ours_mem_bytes": ours_mem, "reference_mem_bytes": reference_mem,
+            "check": {"ok": True, "text": f"tokens {tokens} vs {patch_tokens}; peak extra memory "
+                                          f"{ours_mem / 2**20:.0f} vs {reference_mem / 2**20:.0f} MB ({method})"},
             "load_average": os.getloadavg()[0]}
 
 

@@ -106,3 +106,11 @@ def test_video_frames_row_samples_the_reference_frames():
     row = video_frames.row(runs=1, num_frames=4, gop=30, seconds=2, fixtures=False)
     assert row["id"] == "video_frames" and row["check"]["ok"] and row["check"]["identical_frames"]
     assert row["ours_s"] > 0 and row["speedup"] > 0 and row["fixtures"] == []
+
+
+def test_clip_tokens_row_times_and_measures_both_steps():
+    from benchmarks import scene_tokens
+
+    row = scene_tokens.clip_row(runs=1, frames=2, tokens=6, grid=3, heads=4)
+    assert (row["region_tokens"], row["patch_tokens"]) == (6, 18)
+    assert row["ours_s"] > 0 and row["reference_s"] > 0 and row["reference_mem_bytes"] >= 0
