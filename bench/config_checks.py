@@ -43,7 +43,7 @@ KEY_TYPES = {
             "regions.params.*.crop_overlap_ratio", "regions.params.*.compactness"),
     bool: ("regions.params.*.use_m2m", "regions.params.*.multimask_output", "backbone.params.*.tiny",
            "backbone.params.*.project"),
-    str: ("experiment", "cell", "table.title", "model.preset", "model.compat", "regions.params.*.preset"),
+    str: ("experiment", "cell", "table.title", "model.preset", "model.compat", "weights", "regions.params.*.preset"),
     list: ("backbone.params.*.layers",),
 }
 # Keys with a non-null default that null switches off (see bench/defaults.yaml).
@@ -74,6 +74,7 @@ CHOICES: dict[str, Callable[[], Iterable]] = {
     "data.verify": lambda: ("exists", "size", "sha256"),  # bench.shards.verify_shards
     "model.preset": lambda: _module("bench.presets").PRESETS,
     "model.compat": lambda: _module("bench.presets").COMPAT,
+    "weights": lambda: _module("bench.presets").WEIGHTS,
     "model.kind": lambda: {**_module("models.segmenter").MODELS, **_module("models.multiview").MODELS,
                            **_module("models.video").MODELS},
     "model.decoder": lambda: _module("models.decoders").DECODERS,

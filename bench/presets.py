@@ -1,6 +1,8 @@
-"""Named groups of config values: the paper's training presets and the released code's numerics.
+"""Named groups of config values: the paper's training presets, the released code's numerics, and
+the random-weight stand-ins for every model.
 
-``model.preset=<name>`` and ``model.compat=<voc|ade20k>`` stand for the dotted overrides below,
+``model.preset=<name>``, ``model.compat=<voc|ade20k>`` and ``weights=random`` stand for the dotted
+overrides below,
 written in the same layer (experiment file, table column or row, command line) just before that
 layer's own keys: the layer's explicit keys and every later layer win over them.
 
@@ -73,26 +75,52 @@ COMPAT = {
 }
 
 
+# Every model from its tiny random-weight stand-in (``python -m bench.tools.random_weights``, written
+# under ${paths.data_root}/checkpoints/random): the mini columns' way to run a table's models anywhere.
+_RANDOM = "${paths.data_root}/checkpoints/random/"
+WEIGHTS = {
+    "random": {
+        **{f"backbone.params.{name}.checkpoint": f"{_RANDOM}{name}_tiny_random.pth"
+           for name in ("dino_vitb16", "dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14", "dinov2_vitg14")},
+        "backbone.params.imagenet_vitl.checkpoint": f"{_RANDOM}imagenet_vitl_tiny_random.safetensors",
+        "backbone.params.clip_vitb32.checkpoint": f"{_RANDOM}clip_vitb32_tiny_random.pt",
+        "backbone.params.maskclip_vitl14.checkpoint": f"{_RANDOM}maskclip_vitl14_tiny_random.pt",
+        "regions.params.sam.model_type": "vit_test",
+        "regions.params.sam.checkpoint": f"{_RANDOM}sam_vit_test_random.pth",
+        "regions.params.hq_sam.model_type": "vit_test",
+        "regions.params.hq_sam.checkpoint": f"{_RANDOM}sam_hq_vit_test_random.pth",
+        "regions.params.mobile_sam.checkpoint": f"{_RANDOM}mobile_sam_random.pt",
+        "regions.params.sam2.model_type": "hiera_t",
+        "regions.params.sam2.checkpoint": f"{_RANDOM}sam2.1_hiera_tiny_random.pt",
+    },
+}
+# the keys that name a group, and their tables, in the order they are applied (a later one wins)
+GROUP_KEYS = {"weights": WEIGHTS, "model.compat": COMPAT, "model.preset": PRESETS}
+
+
 def _lookup(table: dict, key: str, name: str) -> dict:
     if name not in table:
         raise ValueError(f"{key}={name!r} is unknown; valid: {', '.join(table)} (or null)")
     return table[name]
 
 
-def preset_overrides(preset: str | None, compat: str | None) -> dict:
-    """The dotted overrides ``model.preset`` and ``model.compat`` stand for ({} for null)."""
+def group_names(update: DictConfig) -> dict[str, str | None]:
+    """{group key: the name a config layer gives it, or None}."""
+    return {key: OmegaConf.select(update, key, default=None) for key in GROUP_KEYS}
+
+
+def preset_overrides(names: dict[str, str | None]) -> dict:
+    """The dotted overrides the named groups stand for ({} for none), ``GROUP_KEYS`` order."""
     out = {}
-    if compat is not None:
-        out.update(_lookup(COMPAT, "model.compat", compat))
-    if preset is not None:
-        out.update(_lookup(PRESETS, "model.preset", preset))
+    for key, table in GROUP_KEYS.items():
+        if names.get(key) is not None:
+            out.update(_lookup(table, key, names[key]))
     return out
 
 
 def expand_presets(update: DictConfig) -> DictConfig:
-    """A config layer with its preset/compat values added under its own keys (which win)."""
-    names = [OmegaConf.select(update, f"model.{k}", default=None) for k in ("preset", "compat")]
-    overrides = preset_overrides(*names)
+    """A config layer with its groups' values added under its own keys (which win)."""
+    overrides = preset_overrides(group_names(update))
     if not overrides:
         return update
     expanded = OmegaConf.create()
@@ -102,10 +130,10 @@ def expand_presets(update: DictConfig) -> DictConfig:
 
 
 def preset_record(update: DictConfig, layer: str) -> dict | None:
-    """What expanding ``update``'s preset/compat writes: ``{layer, model.preset, model.compat, set}``,
-    ``set`` holding only the keys the layer does not give itself; None if it names neither."""
-    names = {f"model.{k}": OmegaConf.select(update, f"model.{k}", default=None) for k in ("preset", "compat")}
-    overrides = preset_overrides(*names.values())
+    """What expanding ``update``'s groups writes: ``{layer, model.preset, model.compat, weights, set}``
+    (the names given), ``set`` holding only the keys the layer does not give itself; None if it names none."""
+    names = group_names(update)
+    overrides = preset_overrides(names)
     if not overrides:
         return None
     written = {k: v for k, v in overrides.items() if OmegaConf.select(update, k, default="__unset__") == "__unset__"}

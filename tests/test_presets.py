@@ -157,3 +157,19 @@ def test_what_a_preset_set_is_recorded_in_the_config_and_config_yaml(tmp_path):
     bare = mlp.copy()
     bare.preset_applied = []
     assert config_hash(bare) == config_hash(mlp)
+
+
+def test_weights_random_points_every_model_at_a_file_the_random_weights_tool_writes():
+    from bench.presets import WEIGHTS
+    from bench.tools.random_weights import RANDOM_CHECKPOINTS
+
+    cfg = load_config(["weights=random", "paths.data_root=/d"])
+    for key, value in WEIGHTS["random"].items():
+        assert OmegaConf.select(cfg, key) == value.replace("${paths.data_root}", "/d"), key
+        if key.endswith(".checkpoint"):
+            assert value.rsplit("/", 1)[1] in RANDOM_CHECKPOINTS, key
+    (record,) = cfg.preset_applied
+    assert record["layer"] == "command line" and record["weights"] == "random"
+    assert "backbone.params.dinov2_vitl14.checkpoint" in record["set"]
+    with pytest.raises(ConfigError, match="weights='tiny' is unknown; valid: random"):
+        load_config(["weights=tiny"])
