@@ -33,6 +33,7 @@ from bench.images import to_rgb8
 from bench.backbones.cache import FeatureCache
 from bench.regions.cache import MaskCache, content_key, mask_stats, run_source
 from bench.pooling import pool_regions
+from bench.progress import bar_options
 from bench.rle import encode_rles
 from bench.regions import build_regions
 from bench.regions.sam_slic import SamSlicRegions
@@ -214,7 +215,7 @@ def process_split(cfg: DictConfig, extractor: Extractor, split: str, index: int,
             known[shards.shard_name(i)] = digest
     todo = [i for i in mine if shards.shard_name(i) not in known]
     log.info("%s/%s: %d shards, %d mine, %d to write", cfg.extract.shard_dir, split, len(plan), len(mine), len(todo))
-    bar = tqdm(total=sum(len(plan[i]) for i in todo), desc=f"extract {split}", unit="img",
+    bar = tqdm(total=sum(len(plan[i]) for i in todo), desc=f"extract {split}", unit="img", **bar_options(),
                disable=not cfg.extract.progress, file=sys.stdout)
 
     def write(i: int) -> bool:

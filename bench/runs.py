@@ -18,6 +18,7 @@ from bench.checkpoints import (LAST, PREVIOUS, AtomicCheckpointIO, ReplayLoader,
                                read_checkpoint, remove_stale_writes, resume_point, usable_checkpoint)
 from bench.atomic import file_sha256 as sha256, write_atomic
 from bench.config import config_hash
+from bench.progress import progress_callbacks
 from bench.shards import ShardError
 from datamodules.region_shards import RegionShardDataModule
 from models.segmenter import MODELS, training_unit
@@ -117,7 +118,7 @@ def build_trainer(cfg: DictConfig, directory: Path, checkpoints: bool = True) ->
     atomically (Lightning's own checkpointing is off: it writes only at the end, non-atomically)."""
     _quiet_lightning()
     args = {**OmegaConf.to_container(cfg.trainer, resolve=True), "enable_checkpointing": False}
-    callbacks = []
+    callbacks = progress_callbacks(bool(args.get("enable_progress_bar", True)))  # a log gets lines, not bars
     if checkpoints:
         callbacks.append(RunCheckpoints(directory / "checkpoints", cfg.seed,
                                         every_n_steps=cfg.checkpoint.every_n_steps or None,

@@ -50,6 +50,7 @@ from bench.atomic import atomic_file, digest
 from bench.config import cell_configs, save_config
 from bench.extraction import Extractor, process_index, process_split
 from bench.images import to_rgb8
+from bench.progress import bar_options
 from bench.retrieval.index import IndexParams, RegionIndex
 from bench.retrieval.metrics import PRECISION_K, average_precision, precision_at_k, summarize
 from bench.retrieval.queries import (Query, global_vector, load_queries, query_vectors, save_queries,
@@ -120,7 +121,8 @@ def database_globals(cfg: DictConfig, extractor) -> tuple[list[str], np.ndarray]
     keys, vectors = [], []
     items = dataset_items(cfg.dataset, cfg.dataset.val_split)
     load_label = layout(cfg.dataset).load_label
-    for item in tqdm(items, desc="database vectors", unit="img", disable=not cfg.extract.progress, file=sys.stdout):
+    for item in tqdm(items, desc="database vectors", unit="img", disable=not cfg.extract.progress, file=sys.stdout,
+                     **bar_options()):
         rgb = to_rgb8(load_image_for_label(item.image_path, load_label(item.label_path).shape))
         keys.append(item.id)
         vectors.append(global_vector(extractor.backbone, rgb))

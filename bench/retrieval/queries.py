@@ -32,6 +32,7 @@ from tqdm import tqdm
 from bench.atomic import write_atomic
 from bench.images import to_rgb8
 from bench.pooling import pool_regions
+from bench.progress import bar_options
 from datamodules.coco import CocoDataset, annotation_file, image_path, load_coco
 from datamodules.voc import load_image_for_label
 
@@ -116,7 +117,7 @@ def query_vectors(queries: list[Query], root: str | Path, split: str, extractor,
     patch grid of its image; with ``crop`` = (margin, size), the class token of a crop around it."""
     coco = load_coco(annotation_file(root, split))
     out = []
-    for q in tqdm(queries, desc="query vectors", unit="query", disable=not progress, file=sys.stdout):
+    for q in tqdm(queries, desc="query vectors", unit="query", disable=not progress, file=sys.stdout, **bar_options()):
         image = coco.images[q.image_id]
         rgb = to_rgb8(load_image_for_label(image_path(root, split, image.file_name), (image.height, image.width)))
         mask = coco.mask(next(a for a in coco.annotations[q.image_id] if a.id == q.annotation_id))
