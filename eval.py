@@ -13,6 +13,13 @@ ADE20K predictions/<id>.png (L-mode, classes shifted back to 1..150, 0 where und
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # --help is answered before torch and Lightning are imported
+    from bench.cli import help_and_exit
+
+    help_and_exit(__doc__, ["python eval.py experiment=quickstart",
+                            "python eval.py experiment=table6_decoders cell=sam_slic_mlp/minivoc pictures=4",
+                            "python eval.py leaderboard"])
+
 import logging
 import sys
 import time

@@ -12,6 +12,14 @@ resume=false move its run aside and train afresh. At the end the experiment tabl
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # --help is answered before torch and Lightning are imported
+    from bench.cli import help_and_exit
+
+    help_and_exit(__doc__, ["python train.py experiment=quickstart",
+                            "python train.py experiment=table6_decoders cell='*/minivoc' trainer.max_epochs=2",
+                            "torchrun --nproc_per_node=2 train.py experiment=table6_decoders trainer.devices=2 "
+                            "trainer.strategy=ddp"])
+
 import logging
 import sys
 import time

@@ -9,6 +9,13 @@ point, a re-run keeps verified shards and redoes the rest; under torchrun, a SLU
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # --help is answered before torch is imported
+    from bench.cli import help_and_exit
+
+    help_and_exit(__doc__, ["python -m bench.extract experiment=quickstart",
+                            "python -m bench.extract experiment=table7_multiview cell='*/miniscannet'",
+                            "python -m bench.extract experiment=table6_decoders extract.index=0 extract.count=4"])
+
 import logging
 import sys
 

@@ -10,6 +10,11 @@ that use these files say so (e.g. the ``minivoc`` column of table1_region_genera
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # --help is answered before torch is imported
+    from bench.cli import help_and_exit
+
+    help_and_exit(__doc__, ["python -m bench.tools.random_weights", "python -m bench.tools.random_weights DIR"])
+
 import os
 import sys
 from pathlib import Path
@@ -48,6 +53,8 @@ def write_random_checkpoints(directory: str | Path) -> list[Path]:
 
 
 if __name__ == "__main__":
+    if any(arg.startswith("-") for arg in sys.argv[1:]):  # an option, not a directory
+        sys.exit(f"unknown option {sys.argv[1]!r}; usage: python -m bench.tools.random_weights [DIR]")
     default = Path(os.environ.get("REGIONBENCH_DATA", "data")) / "checkpoints" / "random"
     for written in write_random_checkpoints(sys.argv[1] if len(sys.argv) > 1 else default):
         print(written)

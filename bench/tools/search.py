@@ -24,6 +24,12 @@ results: dark = least similar shown, bright = most; hatched grey = pixels no reg
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # --help is answered before torch is imported
+    from bench.cli import help_and_exit
+
+    help_and_exit(__doc__, ["python -m bench.tools.search build images=DIR index=INDEX",
+                            "python -m bench.tools.search query index=INDEX image=IMG box=x0,y0,x1,y1"])
+
 import hashlib
 import json
 import sys
@@ -192,6 +198,10 @@ def query(index_dir: str | Path, image: str | Path, mask: str | Path | None = No
 # ----------------------------------------------------------------------------- CLI
 def main(argv: list[str] | None = None):
     argv = sys.argv[1:] if argv is None else argv
+    from bench.cli import help_and_exit
+
+    help_and_exit(__doc__, ["python -m bench.tools.search build images=DIR index=INDEX",
+                            "python -m bench.tools.search query index=INDEX image=IMG box=x0,y0,x1,y1"], argv)
     if not argv or argv[0] not in ("build", "query"):
         raise SystemExit(__doc__)
     options, overrides = dict(OPTIONS), []

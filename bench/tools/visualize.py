@@ -377,6 +377,10 @@ def draw_clips(cfg: DictConfig, model, num_clips: int, out: Path, region_fields:
 
 def main(argv: list[str] | None = None) -> list[Path]:
     """Draw the first images of every selected cell; prints and returns the written paths."""
+    from bench.cli import help_and_exit
+
+    help_and_exit(__doc__, ["python -m bench.tools.visualize experiment=quickstart num_images=4",
+                            "python -m bench.tools.visualize experiment=table7_multiview cell=linear/miniscannet"], argv)
     from bench.config import cell_configs, load_config
 
     options, overrides = split_cli_options(list(sys.argv[1:] if argv is None else argv))

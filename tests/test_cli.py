@@ -1,0 +1,39 @@
+"""Every entry point answers --help with its usage, its main keys and examples, exit 0, before torch
+or Lightning is imported (each of those costs seconds), and writes nothing."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ENTRY_POINTS = {  # how to run it -> a phrase its help must show
+    "train.py": "python train.py experiment=quickstart",
+    "eval.py": "python eval.py leaderboard",
+    "-m bench.extract": "python -m bench.extract experiment=quickstart",
+    "-m bench.retrieval": "table8_retrieval",
+    "-m bench.tools.visualize": "num_images=4",
+    "-m bench.tools.search": "query index=INDEX",
+    "-m bench.tools.random_weights": "Random-weight checkpoints",
+    "-m datamodules.synthetic.minivoc": "--num-train",
+}
+HEAVY = ("torch", "pytorch_lightning", "timm", "open_clip")
+
+
+@pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
+def test_help_prints_usage_without_importing_torch_and_writes_nothing(entry, tmp_path):
+    target = [str(REPO / entry)] if entry.endswith(".py") else entry.split()
+    # run the entry point in a child that reports which heavy modules were loaded when it exited
+    probe = ("import atexit, runpy, sys\n"
+             f"atexit.register(lambda: print('LOADED', sorted(m for m in {HEAVY!r} if m in sys.modules)))\n"
+             f"sys.argv = [{target[-1]!r}, '--help']\n"
+             + (f"runpy.run_path({target[0]!r}, run_name='__main__')" if entry.endswith(".py")
+                else f"runpy.run_module({target[-1]!r}, run_name='__main__', alter_sys=True)"))
+    out = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert ENTRY_POINTS[entry] in out.stdout
+    assert "LOADED []" in out.stdout, out.stdout[-300:]
+    assert list(tmp_path.iterdir()) == []  # nothing written (random_weights once wrote ./--help/)
