@@ -29,6 +29,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
+from bench.cli import print_paths, run
 from bench.config import cell_configs, config_hash, load_config, run_dir, save_config, table_rows
 from bench.leaderboard import write_leaderboard
 from bench.runs import (build_trainer, data_report, read_metrics, recorded_checkpoint, run_record, training_of,
@@ -110,9 +111,23 @@ def evaluate(cfg: DictConfig) -> dict[str, dict]:
     return results
 
 
-if __name__ == "__main__":
+def main(argv: list[str]) -> dict | str:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if sys.argv[1:2] == ["leaderboard"]:
-        print(write_leaderboard(load_config(sys.argv[2:])))
-    else:
-        evaluate(load_config(sys.argv[1:]))
+    if argv[:1] == ["leaderboard"]:
+        cfg = load_config(argv[1:])
+        print(write_leaderboard(cfg))
+        print_paths("written", [Path(cfg.paths.results_root) / f"leaderboard.{ext}" for ext in ("md", "csv")])
+        return {}
+    cfg = load_config(argv)
+    results = evaluate(cfg)
+    table = Path(cfg.paths.results_root) / str(cfg.experiment)
+    cells = [run_dir(c) for cell, c in cell_configs(cfg).items() if cell in results]
+    if rank_zero_only.rank == 0:
+        print_paths("written", [d / "metrics.json" for d in cells] + [d / sub for d in cells for sub in
+                                                                     ("predictions", "regions", "scene", "clips")]
+                    + [table / f"table.{ext}" for ext in ("md", "csv", "tex")])
+    return results
+
+
+if __name__ == "__main__":
+    run(main, sys.argv[1:])

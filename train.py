@@ -28,6 +28,7 @@ from pathlib import Path
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
+from bench.cli import print_paths, run
 from bench.config import cell_configs, load_config, run_dir, save_config, table_rows
 from bench.runs import (build_trainer, data_report, finished_metrics, prepare_run, run_record, training_record,
                         write_json, write_run_file)
@@ -83,6 +84,16 @@ def train(cfg: DictConfig) -> dict[str, dict]:
     return results
 
 
-if __name__ == "__main__":
+def main(argv: list[str]) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    train(load_config(sys.argv[1:]))
+    cfg = load_config(argv)
+    results = train(cfg)
+    table = Path(cfg.paths.results_root) / str(cfg.experiment)
+    if pl.utilities.rank_zero.rank_zero_only.rank == 0:
+        print_paths("written", [run_dir(c) for c in cell_configs(cfg).values()]
+                    + [table / f"table.{ext}" for ext in ("md", "csv", "tex")])
+    return results
+
+
+if __name__ == "__main__":
+    run(main, sys.argv[1:])

@@ -48,3 +48,35 @@ def help_and_exit(doc: str | None, examples: list[str], argv: list[str] | None =
     if wants_help(sys.argv[1:] if argv is None else argv):
         sys.stdout.write(usage(doc or "", examples, keys))
         sys.exit(0)
+
+
+def expected_errors() -> tuple[type, ...]:
+    """Errors that say what to fix (a config key, a missing or damaged file): printed alone, exit 2.
+    Anything else is a bug and keeps its traceback (so do these with REGIONBENCH_TRACEBACK=1)."""
+    from bench.config_checks import ConfigError
+    from bench.shards import ShardError
+    from datamodules.voc import CorruptImageError
+
+    return ConfigError, ShardError, FileNotFoundError, FileExistsError, CorruptImageError
+
+
+def run(main, *args):
+    """``main(*args)``; an expected error becomes its message on stderr and exit code 2."""
+    import os
+
+    try:
+        return main(*args)
+    except expected_errors() as err:
+        if os.environ.get("REGIONBENCH_TRACEBACK"):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def print_paths(title: str, paths: list) -> None:
+    """End a command with the paths it wrote."""
+    existing = [str(p) for p in dict.fromkeys(paths) if p is not None and Path(p).exists()]
+    if existing:
+        print(f"\n{title}:")
+        for path in existing:
+            print(f"  {path}")

@@ -18,9 +18,11 @@ if __name__ == "__main__":  # --help is answered before torch is imported
 
 import logging
 import sys
+from pathlib import Path
 
 from omegaconf import DictConfig
 
+from bench.cli import print_paths, run
 from bench.config import load_config
 from bench.preflight import check_inputs
 from bench.tasks import get_task
@@ -36,8 +38,10 @@ def extract(cfg: DictConfig) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return extract(load_config(sys.argv[1:] if argv is None else argv))
+    done = extract(load_config(sys.argv[1:] if argv is None else argv))
+    print_paths("written", [Path(where) for where in done if "/" in str(where)])
+    return done
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

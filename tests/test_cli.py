@@ -37,3 +37,28 @@ def test_help_prints_usage_without_importing_torch_and_writes_nothing(entry, tmp
     assert ENTRY_POINTS[entry] in out.stdout
     assert "LOADED []" in out.stdout, out.stdout[-300:]
     assert list(tmp_path.iterdir()) == []  # nothing written (random_weights once wrote ./--help/)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train.py", "experiment=no_such_table"], "experiment"),
+    (["eval.py", "model.decoder=linaer"], "model.decoder"),
+    (["-m", "bench.extract", "dataset=minivoc", "dataset.root=/nowhere", "dataset.generate=null"], "/nowhere"),
+])
+def test_an_expected_error_is_its_message_alone_with_exit_code_2(args, message, tmp_path):
+    out = subprocess.run([sys.executable, *args, f"paths.data_root={tmp_path}"], cwd=REPO, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert any(line.startswith("error: ") for line in out.stderr.splitlines()) and message in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_train_ends_with_the_paths_it_wrote(tiny_root, tmp_path, capsys):
+    from tests.conftest import tiny_overrides
+    from train import main
+
+    main([*tiny_overrides(tiny_root), f"paths.results_root={tmp_path}", "experiment=quickstart",
+          "cell=region_linear/minivoc", "trainer.max_epochs=1"])
+    out = capsys.readouterr().out
+    written = out[out.rindex("written:"):].splitlines()[1:]
+    assert f"  {tmp_path / 'quickstart' / 'region_linear' / 'minivoc'}" in written
+    assert f"  {tmp_path / 'quickstart' / 'table.md'}" in written
