@@ -30,7 +30,7 @@ from omegaconf import DictConfig
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from bench.cli import print_paths, run
-from bench.config import cell_configs, config_hash, load_config, run_dir, save_config, table_rows
+from bench.config import cell_configs, config_hash, explain, load_config, run_dir, save_config, table_rows
 from bench.leaderboard import write_leaderboard
 from bench.runs import (build_trainer, data_report, read_metrics, recorded_checkpoint, run_record, training_of,
                         write_json)
@@ -119,6 +119,9 @@ def main(argv: list[str]) -> dict | str:
         print_paths("written", [Path(cfg.paths.results_root) / f"leaderboard.{ext}" for ext in ("md", "csv")])
         return {}
     cfg = load_config(argv)
+    if cfg.print_config:
+        print(explain(cfg), end="")
+        return {}
     results = evaluate(cfg)
     table = Path(cfg.paths.results_root) / str(cfg.experiment)
     cells = [run_dir(c) for cell, c in cell_configs(cfg).items() if cell in results]

@@ -331,7 +331,8 @@ def run_dir(cfg: DictConfig) -> Path:
 
 
 EXECUTION_KEYS = (
-    "experiment", "cell", "overrides", "resume", "rerun", "save_predictions", "pictures", "table", "logger",
+    "experiment", "cell", "overrides", "resume", "rerun", "save_predictions", "pictures", "print_config", "table",
+    "logger",
     "paths", "data.num_workers", "data.verify", "extract.progress", "extract.index", "extract.count",
     "extract.shard_dir", "extract.feature_cache", "regions.cache",  # locations of what the other keys define
     "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps",
@@ -379,3 +380,61 @@ def save_config(cfg: DictConfig, path: Path) -> None:
     """Write the resolved config (atomically) so a run can be reproduced."""
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, OmegaConf.to_yaml(cfg, resolve=True).encode())
+
+
+def _leaves(node, prefix: str = "") -> dict[str, object]:
+    """{dotted key: value} of every leaf of a resolved config (empty mappings and lists are leaves)."""
+    if isinstance(node, dict) and node:
+        out = {}
+        for key, value in node.items():
+            out.update(_leaves(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: node}
+
+
+def explain(cfg: DictConfig) -> str:
+    """``print_config=true``: each selected cell's resolved config as ``key: value  # layer``, the layer
+    being the last one that set it: defaults, the experiment file, the table column, row and cell, or
+    the command line; keys a preset (``model.preset``, ``model.compat``, ``weights``) wrote name it."""
+    import yaml
+
+    experiment = str(cfg.experiment) if cfg.experiment else None
+    base = load_config([])
+    chain_start = [("bench/defaults.yaml", base)]
+    exp = load_config([], experiment=experiment) if experiment else base
+    if experiment:
+        chain_start.append((f"experiments/{experiment}.yaml", exp))
+    blocks = []
+    for cell, final in cell_configs(cfg).items():
+        chain = list(chain_start)
+        if cell != "default/default":
+            row, col = cell.split("/", 1)
+            layer = exp
+            steps = [(f"table.columns.{col}", (cfg.table.columns or {}).get(col)),
+                     (f"table.rows.{row}", table_rows(cfg).get(row)),
+                     (f"table.cells.{cell}", (cfg.table.cells or {}).get(cell))]
+            for name, overrides in steps:
+                if overrides:
+                    layer = apply_overrides(layer, overrides, name)
+                    chain.append((name, layer))
+        chain.append(("command line", final))
+        values = [(name, _leaves(OmegaConf.to_container(c, resolve=True))) for name, c in chain]
+        presets = {}
+        for record in OmegaConf.to_container(final.preset_applied, resolve=True):
+            names = ", ".join(f"{k}={v}" for k, v in record.items() if k not in ("layer", "set"))
+            presets.update({key: f"{record['layer']} ({names})" for key in record["set"]})
+        source = {}
+        previous: dict = {}
+        for name, leaves in values:
+            for key, value in leaves.items():
+                if key not in previous or previous[key] != value:
+                    source[key] = name
+            previous = leaves
+        lines = [f"# cell {cell}"]
+        for key, value in previous.items():
+            if key.startswith(("datasets.", "table.", "preset_applied")):
+                continue
+            text = yaml.safe_dump(value, default_flow_style=True, width=10**6).strip().removesuffix("\n...")
+            lines.append(f"{key}: {text}  # {presets.get(key, source.get(key, 'bench/defaults.yaml'))}")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"

@@ -23,7 +23,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from bench.cli import print_paths, run
-from bench.config import load_config
+from bench.config import explain, load_config
 from bench.preflight import check_inputs
 from bench.tasks import get_task
 
@@ -38,7 +38,11 @@ def extract(cfg: DictConfig) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    done = extract(load_config(sys.argv[1:] if argv is None else argv))
+    cfg = load_config(sys.argv[1:] if argv is None else argv)
+    if cfg.print_config:
+        print(explain(cfg), end="")
+        return {}
+    done = extract(cfg)
     print_paths("written", [Path(where) for where in done if "/" in str(where)])
     return done
 

@@ -62,3 +62,16 @@ def test_train_ends_with_the_paths_it_wrote(tiny_root, tmp_path, capsys):
     written = out[out.rindex("written:"):].splitlines()[1:]
     assert f"  {tmp_path / 'quickstart' / 'region_linear' / 'minivoc'}" in written
     assert f"  {tmp_path / 'quickstart' / 'table.md'}" in written
+
+
+def test_print_config_names_the_layer_of_every_key_presets_included(capsys):
+    from train import main
+
+    assert main(["experiment=table6_decoders", "cell=sam_slic_mlp/voc", "trainer.devices=1", "print_config=true"]) == {}
+    lines = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines() if ": " in line)
+    assert lines["model.lr"] == "0.0005  # table.cells.sam_slic_mlp/voc (model.preset=voc_mlp)"
+    assert lines["model.decoder"] == "mlp  # table.cells.sam_slic_mlp/voc (model.preset=voc_mlp)"  # last to set it
+    assert lines["regions.source"] == "sam_slic  # experiments/table6_decoders.yaml"
+    assert lines["dataset.name"] == "voc  # table.columns.voc"
+    assert lines["trainer.devices"] == "1  # bench/defaults.yaml"  # the command line set what the default was
+    assert lines["seed"] == "0  # bench/defaults.yaml"
