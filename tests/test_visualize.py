@@ -110,11 +110,26 @@ def test_cli_writes_region_pictures(tiny_root, tmp_path, capsys):
     paths = main([*argv, "cell=region_linear/minivoc", "num_images=2"])
     assert paths == [tmp_path / "quickstart/region_linear/minivoc/regions" / f"{i}.png" for i in ids]
     assert capsys.readouterr().out.split() == [str(p) for p in paths]
-    # image | regions | ground truth (+ prediction): 160x120 panels, 4 px gaps, 14 px captions
-    assert Image.open(paths[0]).size == (4 + 3 * 164, 4 + 14 + 120 + 4)
-    assert Image.open(paths[1]).size == (4 + 4 * 164, 4 + 14 + 120 + 4)
+    # image | regions | ground truth (+ prediction, titled with its mIoU) | class key: 160x120 panels, 4 px
+    # gaps, 18 px captions
+    assert Image.open(paths[0]).size == (4 + 4 * 164, 4 + 18 + 120 + 4)
+    assert Image.open(paths[1]).size == (4 + 5 * 164, 4 + 18 + 120 + 4)
 
     # a patch baseline shows its patch grid; out= moves the pictures
     (patch,) = main([*argv, "cell=patch_linear/minivoc", "num_images=1", f"out={tmp_path / 'pics'}"])
     assert patch == tmp_path / "pics/patch_linear/minivoc/regions" / f"{ids[0]}.png"
-    assert Image.open(patch).size == (4 + 3 * 164, 142)
+    assert Image.open(patch).size == (4 + 4 * 164, 146)
+
+
+def test_a_prediction_picture_carries_its_image_miou_and_a_key_to_the_classes_present():
+    from bench.tools.visualize import image_miou, render_legend
+
+    label = np.array([[0, 0, 1, 1], [0, 0, 1, 255]])
+    pred = np.array([[0, 0, 1, 0], [0, 0, 1, 1]])  # class 0: IoU 4/5; class 1: IoU 2/3 (255 ignored)
+    assert image_miou(pred, label, num_classes=3) == pytest.approx((4 / 5 + 2 / 3) / 2)
+    legend = render_legend([0, 1, 15], ["background", "aeroplane"] + [str(i) for i in range(2, 21)], 60, 120)
+    assert legend.shape == (60, 120, 3)
+    from datamodules.voc import VOC_PALETTE
+
+    swatches = [tuple(legend[4 + i * 18 + 6, 8]) for i in range(3)]  # inside each swatch
+    assert swatches == [tuple(VOC_PALETTE[c]) for c in (0, 1, 15)]

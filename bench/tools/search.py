@@ -226,8 +226,9 @@ def main(argv: list[str] | None = None):
         raise SystemExit("query needs image=IMG and mask=PNG or box=x0,y0,x1,y1")
     results = query(options["index"], options["image"], options["mask"], options["box"], int(options["top"]),
                     options["out"])
+    print(f"{'rank':>4}  {'score':>12}  image id  image  -> picture")
     for r in results:
-        print(f"{r['rank']:3d}  {r['score']:12.5g}  {r['key']}  {r['path']}  -> {r['heatmap']}")
+        print(f"{r['rank']:4d}  {r['score']:12.5g}  {r['key']}  {r['path']}  -> {r['heatmap']}")
     return results
 
 

@@ -31,6 +31,7 @@ UNCOVERED_RGB = np.array([255, 0, 255], dtype=np.float32)  # magenta: never a re
 UNCOVERED_ALPHA = 0.35
 HATCH_PERIOD = 6  # px between diagonal hatch lines on uncovered pixels
 BOUNDARY_RGB = np.array([255, 255, 255], dtype=np.float32)
+CAPTION_PX = 14  # caption font size
 
 
 def region_colours(count: int, seed: int = 0) -> np.ndarray:
@@ -127,7 +128,7 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
 
 
 def contact_sheet(rows: list[list[np.ndarray]], titles: list[list[str]] | None = None,
-                  pad: int = 4, caption_height: int = 14) -> np.ndarray:
+                  pad: int = 4, caption_height: int = 18) -> np.ndarray:
     """Panels tiled on a white grid -> (H', W', 3) uint8.
 
     Every cell is as large as the largest panel (max height x max width); panels sit at the
@@ -144,7 +145,7 @@ def contact_sheet(rows: list[list[np.ndarray]], titles: list[list[str]] | None =
     columns = max(len(row) for row in panels)
     sheet = Image.new("RGB", (pad + columns * (cell_w + pad), pad + len(panels) * (cap + cell_h + pad)), "white")
     draw = ImageDraw.Draw(sheet)
-    font = ImageFont.load_default()
+    font = ImageFont.load_default(size=CAPTION_PX)
     for i, row in enumerate(panels):
         for j, panel in enumerate(row):
             x, y = pad + j * (cell_w + pad), pad + i * (cap + cell_h + pad)
@@ -152,6 +153,36 @@ def contact_sheet(rows: list[list[np.ndarray]], titles: list[list[str]] | None =
                 draw.text((x, y), _fit(draw, str(titles[i][j]), font, panel.shape[1]), fill="black", font=font)
             sheet.paste(Image.fromarray(panel), (x, y + cap))
     return np.asarray(sheet).copy()
+
+
+def render_legend(classes: list[int], names: list[str], height: int, width: int = 170) -> np.ndarray:
+    """A key to the label colours: a swatch and the name of each class id in ``classes`` (those
+    present in the truth or the prediction), in the VOC palette ``render_labels`` uses -> (height, width, 3)."""
+    from datamodules.voc import VOC_PALETTE
+
+    row = CAPTION_PX + 4
+    panel = Image.new("RGB", (width, max(height, row * len(classes) + 4)), "white")
+    draw = ImageDraw.Draw(panel)
+    font = ImageFont.load_default(size=CAPTION_PX - 2)
+    for i, c in enumerate(classes):
+        y = 2 + i * row
+        draw.rectangle((2, y, 2 + CAPTION_PX, y + CAPTION_PX), fill=tuple(int(v) for v in VOC_PALETTE[c]),
+                       outline=(60, 60, 60))
+        name = names[c] if c < len(names) else str(c)
+        draw.text((CAPTION_PX + 8, y), _fit(draw, f"{c} {name}", font, width - CAPTION_PX - 10), fill="black", font=font)
+    return np.asarray(panel).copy()
+
+
+def image_miou(pred: np.ndarray, label: np.ndarray, num_classes: int, ignore_index: int = 255) -> float:
+    """The mean IoU of one image over the classes present in its truth or its prediction (the
+    dataset-level metric restricted to this image; undecided pixels count as misses)."""
+    import torch
+
+    from bench.metrics import confusion_matrix, iou_from_confusion
+
+    confmat = confusion_matrix(torch.from_numpy(np.asarray(pred, dtype=np.int64)),
+                               torch.from_numpy(np.asarray(label, dtype=np.int64)), num_classes, ignore_index)
+    return float(iou_from_confusion(confmat)["miou"])
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -195,7 +226,7 @@ def render_cell(cfg: DictConfig, cell: str, split: str, num_images: int, out: Pa
     panel shows ``predictions[id]`` ((H, W) int, -1 undecided) when given, else the PNG that
     ``eval.py save_predictions=true`` wrote, if any."""
     from bench.config import run_dir
-    from datamodules.datasets import dataset_items, layout, split_name
+    from datamodules.datasets import class_names, dataset_items, layout, split_name
     from datamodules.voc import load_image
 
     samples = read_samples(Path(cfg.extract.shard_dir) / split_name(split), num_images)  # first: says how to extract
@@ -221,12 +252,20 @@ def render_cell(cfg: DictConfig, cell: str, split: str, num_images: int, out: Pa
         coverage = 100 * masks.any(axis=0).mean() if len(masks) else 0.0
         panels = [image, render_regions(image, masks), render_labels(sample["label"])]
         titles = [key, f"{len(masks)} {what}, {coverage:.0f}% covered", "ground truth"]
+        shown = None
         if predictions is not None and key in predictions:
-            panels.append(render_labels(np.where(predictions[key] < 0, 255, predictions[key])))
-            titles.append("prediction")
+            shown = predictions[key]
         elif predictions is None and (saved / f"{key}.png").is_file():
-            panels.append(render_labels(fmt.load_label(saved / f"{key}.png")))
-            titles.append("prediction")
+            shown = fmt.load_label(saved / f"{key}.png")
+        if shown is not None:
+            num_classes, ignore = int(cfg.dataset.num_classes), int(cfg.dataset.ignore_index)
+            panels.append(render_labels(np.where(shown < 0, 255, shown)))
+            titles.append(f"prediction, image mIoU {100 * image_miou(shown, sample['label'], num_classes, ignore):.1f}")
+        present = sorted({int(c) for c in np.unique(sample["label"]) if c != cfg.dataset.ignore_index}
+                         | ({int(c) for c in np.unique(shown) if 0 <= c < cfg.dataset.num_classes}
+                            if shown is not None else set()))
+        panels.append(render_legend(present, class_names(cfg.dataset), image.shape[0], image.shape[1]))
+        titles.append("classes")
         path = out / cell / "regions" / f"{key}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(contact_sheet([panels], [titles])).save(path)
