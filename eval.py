@@ -122,6 +122,10 @@ def main(argv: list[str]) -> dict | str:
     if cfg.print_config:
         print(explain(cfg), end="")
         return {}
+    if cfg.launcher.kind != "none":
+        from bench.launcher import submit
+
+        return submit(cfg, "eval", argv)
     results = evaluate(cfg)
     table = Path(cfg.paths.results_root) / str(cfg.experiment)
     cells = [run_dir(c) for cell, c in cell_configs(cfg).items() if cell in results]

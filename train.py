@@ -90,6 +90,10 @@ def main(argv: list[str]) -> dict:
     if cfg.print_config:
         print(explain(cfg), end="")
         return {}
+    if cfg.launcher.kind != "none":
+        from bench.launcher import submit
+
+        return submit(cfg, "train", argv)
     results = train(cfg)
     table = Path(cfg.paths.results_root) / str(cfg.experiment)
     if pl.utilities.rank_zero.rank_zero_only.rank == 0:

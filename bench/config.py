@@ -332,7 +332,7 @@ def run_dir(cfg: DictConfig) -> Path:
 
 EXECUTION_KEYS = (
     "experiment", "cell", "overrides", "resume", "rerun", "save_predictions", "pictures", "print_config", "table",
-    "logger",
+    "logger", "launcher",
     "paths", "data.num_workers", "data.verify", "extract.progress", "extract.index", "extract.count",
     "extract.shard_dir", "extract.feature_cache", "regions.cache",  # locations of what the other keys define
     "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps",

@@ -85,6 +85,7 @@ CHOICES: dict[str, Callable[[], Iterable]] = {
     "logger.kind": lambda: ("csv", "tensorboard", "wandb", "none"),  # bench.runs.build_logger
     "leaderboard.sort": lambda: _module("bench.leaderboard").METRICS,
     "multiview.context": lambda: _module("models.multiview").CONTEXTS,
+    "launcher.kind": lambda: ("none", "slurm", "local"),  # bench.launcher.executor
     "retrieval.method": lambda: _module("bench.retrieval.evaluate").METHODS,
     "retrieval.index": lambda: _module("bench.retrieval.index").KINDS,
     "retrieval.similarity": lambda: _module("bench.retrieval.index").SIMILARITIES,

@@ -37,11 +37,16 @@ def extract(cfg: DictConfig) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cfg = load_config(sys.argv[1:] if argv is None else argv)
+    cfg = load_config(argv)
     if cfg.print_config:
         print(explain(cfg), end="")
         return {}
+    if cfg.launcher.kind != "none":
+        from bench.launcher import submit
+
+        return submit(cfg, "extract", argv)
     done = extract(cfg)
     print_paths("written", [Path(where) for where in done if "/" in str(where)])
     return done
