@@ -114,3 +114,17 @@ def test_search_answers_a_query_on_real_coco_photos(tmp_path):
         with Image.open(r["heatmap"]) as picture:
             assert picture.size[0] > 3 * 427  # query | result | similarity, each at full size
     assert (tmp_path / "out" / "ranking.json").is_file()
+
+
+def test_result_pictures_keep_each_panel_at_its_own_width_and_carry_a_colour_bar():
+    from bench.tools.search import colour_bar, colour_ramp, side_by_side
+
+    bar = colour_bar(0.2, 0.9, 100)
+    assert bar.shape == (100, 64, 3)
+    assert tuple(bar[0, 5]) == tuple(colour_ramp(np.array(1.0)))  # top: the highest similarity
+    assert tuple(bar[-1, 5]) == tuple(colour_ramp(np.array(0.0)))
+    landscape, portrait = np.zeros((60, 90, 3), np.uint8), np.zeros((90, 60, 3), np.uint8)
+    row = side_by_side([landscape, portrait, portrait, bar[:90]], ["query", "result", "heat", "key"])
+    # query scaled to the result's height (90 -> 135 wide); every panel at its own width plus 4 px margins
+    assert row.shape[1] == (4 + 135 + 4) + 2 * (4 + 60 + 4) + (4 + 64 + 4)
+    assert row.shape[0] == 4 + 18 + 90 + 4

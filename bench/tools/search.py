@@ -146,6 +146,39 @@ def _heatmap(rgb: np.ndarray, masks: np.ndarray, similarity: np.ndarray, low: fl
     return out.round().astype(np.uint8)
 
 
+def colour_bar(low: float, high: float, height: int, width: int = 64) -> np.ndarray:
+    """A key to ``_heatmap``'s colours: the ramp from ``low`` (bottom) to ``high`` (top) with both values
+    written on it -> (height, width, 3) uint8."""
+    from PIL import ImageDraw, ImageFont
+
+    values = np.linspace(1, 0, height)[:, None].repeat(width // 2, axis=1)
+    bar = np.full((height, width, 3), 255, np.uint8)
+    bar[:, :width // 2] = colour_ramp(values)
+    panel = Image.fromarray(bar)
+    draw = ImageDraw.Draw(panel)
+    font = ImageFont.load_default(size=11)
+    draw.text((width // 2 + 2, 0), f"{high:.3g}", fill="black", font=font)
+    draw.text((width // 2 + 2, height - 12), f"{low:.3g}", fill="black", font=font)
+    return np.asarray(panel).copy()
+
+
+def _at_height(rgb: np.ndarray, height: int) -> np.ndarray:
+    if rgb.shape[0] == height:
+        return rgb
+    width = max(1, round(rgb.shape[1] * height / rgb.shape[0]))
+    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.BILINEAR))
+
+
+def side_by_side(panels: list[np.ndarray], titles: list[str]) -> np.ndarray:
+    """Captioned panels in one row, each brought to the first result's height and kept at its own
+    width (no white space around portrait or landscape images)."""
+    height = panels[1].shape[0] if len(panels) > 1 else panels[0].shape[0]
+    cells = [contact_sheet([[_at_height(p, height)]], [[t]]) for p, t in zip(panels, titles)]
+    tallest = max(c.shape[0] for c in cells)
+    cells = [np.pad(c, ((0, tallest - c.shape[0]), (0, 0), (0, 0)), constant_values=255) for c in cells]
+    return np.concatenate(cells, axis=1)
+
+
 def query(index_dir: str | Path, image: str | Path, mask: str | Path | None = None, box: str | None = None,
           top: int = 10, out: str | Path | None = None) -> list[dict]:
     """Rank the indexed images for one query object; write ranking.json and heatmaps; returns the ranking."""
@@ -185,8 +218,9 @@ def query(index_dir: str | Path, image: str | Path, mask: str | Path | None = No
         picture = out / f"rank{rank:02d}_{key}.png"
         db = to_rgb8(load_image(paths[key]))
         masks = decode_rles(samples[key]["rle"]) if samples[key]["rle"] else np.zeros((0, *db.shape[:2]), bool)
-        sheet = contact_sheet([[query_panel, db, _heatmap(db, masks, sims[key], low, high)]],
-                              [["query", f"#{rank} {key}", f"score {scores[i]:.4g} (scale {low:.3g}..{high:.3g})"]])
+        sheet = side_by_side([query_panel, db, _heatmap(db, masks, sims[key], low, high),
+                              colour_bar(low, high, db.shape[0])],
+                             ["query", f"#{rank} {key}", f"score {scores[i]:.4g}", "similarity"])
         Image.fromarray(sheet).save(picture)
         results.append({"rank": rank, "key": key, "path": paths[key], "score": float(scores[i]),
                         "regions": len(masks), "heatmap": str(picture)})
