@@ -29,8 +29,8 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from bench.cli import print_paths, run
-from bench.config import cell_configs, config_hash, explain, load_config, run_dir, save_config, table_rows
+from bench.cli import handled_elsewhere, print_paths, run
+from bench.config import cell_configs, config_hash, load_config, run_dir, save_config, table_rows
 from bench.leaderboard import write_leaderboard
 from bench.runs import (build_trainer, data_report, read_metrics, recorded_checkpoint, run_record, training_of,
                         write_json)
@@ -119,13 +119,9 @@ def main(argv: list[str]) -> dict | str:
         print_paths("written", [Path(cfg.paths.results_root) / f"leaderboard.{ext}" for ext in ("md", "csv")])
         return {}
     cfg = load_config(argv)
-    if cfg.print_config:
-        print(explain(cfg), end="")
-        return {}
-    if cfg.launcher.kind != "none":
-        from bench.launcher import submit
-
-        return submit(cfg, "eval", argv)
+    elsewhere = handled_elsewhere(cfg, "eval", argv)  # print_config=true, or a cluster launcher
+    if elsewhere is not None:
+        return elsewhere
     results = evaluate(cfg)
     table = Path(cfg.paths.results_root) / str(cfg.experiment)
     cells = [run_dir(c) for cell, c in cell_configs(cfg).items() if cell in results]

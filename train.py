@@ -28,8 +28,8 @@ from pathlib import Path
 import pytorch_lightning as pl
 from omegaconf import DictConfig
 
-from bench.cli import print_paths, run
-from bench.config import cell_configs, explain, load_config, run_dir, save_config, table_rows
+from bench.cli import handled_elsewhere, print_paths, run
+from bench.config import cell_configs, load_config, run_dir, save_config, table_rows
 from bench.runs import (build_trainer, data_report, finished_metrics, prepare_run, run_record, training_record,
                         write_json, write_run_file)
 from bench.tables import write_tables
@@ -87,13 +87,9 @@ def train(cfg: DictConfig) -> dict[str, dict]:
 def main(argv: list[str]) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_config(argv)
-    if cfg.print_config:
-        print(explain(cfg), end="")
-        return {}
-    if cfg.launcher.kind != "none":
-        from bench.launcher import submit
-
-        return submit(cfg, "train", argv)
+    elsewhere = handled_elsewhere(cfg, "train", argv)  # print_config=true, or a cluster launcher
+    if elsewhere is not None:
+        return elsewhere
     results = train(cfg)
     table = Path(cfg.paths.results_root) / str(cfg.experiment)
     if pl.utilities.rank_zero.rank_zero_only.rank == 0:

@@ -80,3 +80,19 @@ def print_paths(title: str, paths: list) -> None:
         print(f"\n{title}:")
         for path in existing:
             print(f"  {path}")
+
+
+def handled_elsewhere(cfg, entry: str, argv: list[str]):
+    """What an entry point returns instead of running here, or None to go on: ``print_config=true``
+    prints each cell's resolved config (``bench.config.explain``); ``launcher.kind`` other than none
+    submits the cells as jobs (``bench.launcher.submit``)."""
+    if cfg.print_config:
+        from bench.config import explain
+
+        print(explain(cfg), end="")
+        return {}
+    if cfg.launcher.kind != "none":
+        from bench.launcher import submit
+
+        return submit(cfg, entry, argv)
+    return None

@@ -22,8 +22,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from bench.cli import print_paths, run
-from bench.config import explain, load_config
+from bench.cli import handled_elsewhere, print_paths, run
+from bench.config import load_config
 from bench.preflight import check_inputs
 from bench.tasks import get_task
 
@@ -40,13 +40,9 @@ def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     cfg = load_config(argv)
-    if cfg.print_config:
-        print(explain(cfg), end="")
-        return {}
-    if cfg.launcher.kind != "none":
-        from bench.launcher import submit
-
-        return submit(cfg, "extract", argv)
+    elsewhere = handled_elsewhere(cfg, "extract", argv)  # print_config=true, or a cluster launcher
+    if elsewhere is not None:
+        return elsewhere
     done = extract(cfg)
     print_paths("written", [Path(where) for where in done if "/" in str(where)])
     return done

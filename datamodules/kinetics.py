@@ -39,6 +39,7 @@ evaluation reads only clips the manifest calls decodable, and the excluded ids a
 from __future__ import annotations
 
 import bisect
+import contextlib
 import csv
 import json
 import os
@@ -439,18 +440,16 @@ def _probe_all(paths: list[str], workers: int, on_result) -> None:
     queue = deque(paths)
     while queue:
         inflight = {}
-        with _pool(workers) as pool:
-            try:
-                while queue or inflight:
-                    while queue and len(inflight) < workers:
-                        path = queue.popleft()
-                        inflight[pool.submit(probe, path)] = path
-                    done, _ = wait(inflight, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        info = _result(future)  # before the pop: a crashed file stays in flight
-                        on_result(inflight.pop(future), info)
-            except BrokenProcessPool:
-                pass
+        # a worker that dies breaks the pool: stop there; the files still in flight are probed alone below
+        with _pool(workers) as pool, contextlib.suppress(BrokenProcessPool):
+            while queue or inflight:
+                while queue and len(inflight) < workers:
+                    path = queue.popleft()
+                    inflight[pool.submit(probe, path)] = path
+                done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+                for future in done:
+                    info = _result(future)  # before the pop: a crashed file stays in flight
+                    on_result(inflight.pop(future), info)
         for path in inflight.values():  # the pool broke: find which file killed it
             on_result(path, _probe_alone(path))
 
