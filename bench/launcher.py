@@ -1,4 +1,5 @@
-"""Run an experiment's cells as cluster jobs with submitit: one array task per cell.
+"""Run an experiment's cells as cluster jobs with submitit: one array task per cell (train, eval) or
+per shard group (extract).
 
     python train.py experiment=table6_decoders launcher.kind=slurm launcher.partition=gpu launcher.gpus_per_node=8
     python -m bench.extract experiment=table6_decoders launcher.kind=slurm launcher.partition=cpu
@@ -6,12 +7,18 @@
     python -m bench.launcher cells experiment=table6_decoders   # one cell per line (plain sbatch arrays)
 
 ``launcher.kind``: ``none`` (run here), ``slurm`` (sbatch through submitit), ``local`` (submitit's
-local executor: real subprocesses on this machine, how the test suite runs it). Each selected cell
-becomes one task of a job array running the same entry point with ``cell=<row/column>``; time,
-memory, GPUs, nodes, partition and account come from ``launcher.*``. A task that SLURM preempts or
-times out is requeued by submitit (``CellTask.checkpoint``) with the same command: the run resumes
-from its own checkpoints (bench/checkpoints.py). Logs and the submission record
-(``jobs.json``: cell -> job id) go to ``launcher.folder``.
+local executor: real subprocesses on this machine, how the test suite runs it). For train.py and
+eval.py each selected cell becomes one task of a job array running the same entry point with
+``cell=<row/column>``. For bench.extract the cells are grouped by the shards they need (cells that
+share an ``extract.shard_dir`` are extracted once) and each shard directory is split into
+``launcher.shard_groups`` tasks (``extract.index=i extract.count=n``: task i writes shards i, i+n, ...;
+the last to finish writes the manifest). Built-in mini datasets are generated before submission, so
+tasks never generate one concurrently. Time, memory, GPUs, nodes, partition and account come from
+``launcher.*``. A task that SLURM preempts or times out gets submitit's signal (USR2); its
+``CellTask.checkpoint`` requeues the same command and the run resumes from its own checkpoints
+(bench/checkpoints.py). Logs and the submission record (``jobs.json``: task -> job id) go to
+``launcher.folder``; ``status`` reads each task's result file and, for SLURM jobs still without one,
+asks sacct (PENDING, RUNNING, PREEMPTED, OUT_OF_MEMORY, ...).
 """
 from __future__ import annotations
 
@@ -63,47 +70,103 @@ def executor(cfg: DictConfig):
     return ex
 
 
-def submit(cfg: DictConfig, entry: str, argv: list[str]) -> dict[str, object]:
-    """Submit one task per selected cell (a job array); returns {cell: submitit job} and writes
-    ``<launcher.folder>/jobs.json``."""
-    from bench.config import selected_cells, table_rows
+def array_tasks(cfg: DictConfig, entry: str) -> dict[str, list[str]]:
+    """{task name: the overrides it adds}: one per selected cell for train and eval; for extract one
+    per shard group of each distinct shard directory (named ``<cell>#<i>of<n>`` after its first cell)."""
+    from bench.config import cell_configs, selected_cells, table_rows
 
     cells = selected_cells(cfg) if table_rows(cfg) else ["default/default"]
-    base = [a for a in argv if not a.startswith(("cell=", "launcher.kind="))] + ["launcher.kind=none"]
-    tasks = [CellTask(entry, base + ([f"cell={cell}"] if cell != "default/default" else [])) for cell in cells]
+    by_cell = {cell: [] if cell == "default/default" else [f"cell={cell}"] for cell in cells}
+    if entry != "extract":
+        return by_cell
+    groups = int(cfg.launcher.shard_groups)
+    if groups < 1:
+        raise ValueError(f"launcher.shard_groups={groups}: must be >= 1")
+    first: dict[str, str] = {}  # shard directory -> the first cell that needs it
+    for cell, ccfg in cell_configs(cfg).items():
+        first.setdefault(str(ccfg.extract.shard_dir), cell)
+    return {(cell if groups == 1 else f"{cell}#{i}of{groups}"):
+            by_cell[cell] + ([f"extract.index={i}", f"extract.count={groups}"] if groups > 1 else [])
+            for cell in first.values() for i in range(groups)}
+
+
+def prepare_datasets(cfg: DictConfig) -> None:
+    """Generate the selected cells' built-in mini datasets here, before any task starts (a task would
+    otherwise generate one while another reads it); real datasets are left as they are."""
+    from bench.config import cell_configs
+    from datamodules.datasets import prepare_dataset
+
+    seen = set()
+    for ccfg in cell_configs(cfg).values():
+        if ccfg.dataset.generate is not None and str(ccfg.dataset.root) not in seen:
+            seen.add(str(ccfg.dataset.root))
+            prepare_dataset(ccfg.dataset)
+
+
+def submit(cfg: DictConfig, entry: str, argv: list[str]) -> dict[str, object]:
+    """Submit one array task per cell or shard group (``array_tasks``); returns {task name: submitit
+    job} and writes ``<launcher.folder>/jobs.json``."""
+    named = array_tasks(cfg, entry)
+    prepare_datasets(cfg)
+    base = [a for a in argv if not a.startswith(("cell=", "launcher.kind=", "extract.index=", "extract.count="))]
+    tasks = {name: CellTask(entry, base + ["launcher.kind=none"] + extra) for name, extra in named.items()}
     ex = executor(cfg)
     with ex.batch():
-        jobs = [ex.submit(task) for task in tasks]
+        jobs = {name: ex.submit(task) for name, task in tasks.items()}
     folder = Path(str(cfg.launcher.folder))
     folder.mkdir(parents=True, exist_ok=True)
-    record = {cell: {"job_id": job.job_id, "entry": entry, "argv": task.argv}
-              for cell, job, task in zip(cells, jobs, tasks)}
+    record = {name: {"job_id": job.job_id, "kind": str(cfg.launcher.kind), "entry": entry, "argv": tasks[name].argv}
+              for name, job in jobs.items()}
     from bench.atomic import write_atomic
 
     write_atomic(folder / "jobs.json", json.dumps(record, indent=1).encode())
-    for cell, job in zip(cells, jobs):
-        print(f"submitted {cell}: job {job.job_id} ({cfg.launcher.kind})")
+    for name, job in jobs.items():
+        print(f"submitted {name}: job {job.job_id} ({cfg.launcher.kind})")
     print(f"logs and jobs.json: {folder}\nstatus: python -m bench.launcher status {folder}")
-    return dict(zip(cells, jobs))
+    return jobs
+
+
+def finished(folder: Path, job_id: str) -> str | None:
+    """"done", "failed: <the error's last line>" from a task's result file, or None without one."""
+    import pickle
+
+    result = folder / job_id / f"{job_id}_0_result.pkl"
+    results = [result] if result.is_file() else sorted((folder / job_id).glob("*_result.pkl"))
+    if not results:
+        return None
+    outcome, payload = pickle.loads(results[0].read_bytes())
+    if outcome == "success":
+        return "done"
+    lines = [line for line in str(payload).strip().splitlines() if line.strip()]
+    return f"failed: {lines[-1].strip()}" if lines else "failed"
+
+
+def slurm_states(job_ids: list[str]) -> dict[str, str]:
+    """{job id: SLURM state} from one sacct call (submitit's reader of ``sacct --parsable2``);
+    UNKNOWN for a job sacct does not list (or when sacct cannot be run)."""
+    from submitit.slurm.slurm import SlurmInfoWatcher
+
+    watcher = SlurmInfoWatcher(delay_s=0)
+    for job_id in job_ids:
+        watcher.register_job(job_id)
+    watcher.update()
+    return {job_id: watcher.get_state(job_id, mode="cache") for job_id in job_ids}
 
 
 def status(folder: str | Path) -> dict[str, str]:
-    """{cell: state} of a submission: done / failed (from the task's result file), else queued or running
-    (SLURM's state when sacct answers)."""
-    import pickle
-
+    """{task: state} of a submission: done / failed (from the task's result file); for a SLURM task
+    without one, sacct's state (PENDING, RUNNING, PREEMPTED, TIMEOUT, OUT_OF_MEMORY, ...);
+    otherwise "queued or running"."""
     folder = Path(folder)
     record = json.loads((folder / "jobs.json").read_text())
-    out = {}
-    for cell, info in record.items():
-        job_id = str(info["job_id"])
-        result = folder / job_id / f"{job_id}_0_result.pkl"
-        results = [result] if result.is_file() else sorted((folder / job_id).glob("*_result.pkl"))
-        if results:
-            outcome, _ = pickle.loads(results[0].read_bytes())
-            out[cell] = "done" if outcome == "success" else "failed"
-        else:
-            out[cell] = "queued or running"
+    out = {name: finished(folder, str(info["job_id"])) for name, info in record.items()}
+    waiting = [str(info["job_id"]) for name, info in record.items()
+               if out[name] is None and info.get("kind") == "slurm"]
+    sacct = slurm_states(waiting) if waiting else {}
+    for name, info in record.items():
+        if out[name] is None:
+            state = sacct.get(str(info["job_id"]), "UNKNOWN")
+            out[name] = "queued or running" if state == "UNKNOWN" else state
     return out
 
 
@@ -122,7 +185,7 @@ def main(argv: list[str] | None = None):
         sys.exit("usage: python -m bench.launcher status FOLDER | cells experiment=NAME [key=value ...]")
     states = status(argv[1])
     width = max((len(c) for c in states), default=4)
-    print(f"{'cell'.ljust(width)}  state")
+    print(f"{'task'.ljust(width)}  state")
     for cell, state in states.items():
         print(f"{cell.ljust(width)}  {state}")
     return states
