@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.regionbench-installed
 
-.PHONY: demo test test-slow bench install clean-demo
+.PHONY: demo test test-slow bench bench-gpu install clean-demo
 
 install: $(STAMP)
 
@@ -32,6 +32,12 @@ test: $(STAMP)
 # results/bench/bench.json and bench.md (about 5-8 minutes; see benchmarks/__init__.py)
 bench: $(STAMP)
 	$(PY) -m benchmarks.run
+
+# SAM ViT-H AMG, DINOv2 ViT-L/14 (single and batched), GPU pooling, end-to-end extraction and autocast
+# differences on one CUDA GPU (random weights of the real sizes, about 2-3 minutes): prints one table and
+# writes results/bench/bench_gpu.json; without a GPU it says so and exits 0 (see benchmarks/gpu.py)
+bench-gpu: $(STAMP)
+	$(PY) -m benchmarks.gpu
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow

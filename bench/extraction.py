@@ -33,12 +33,12 @@ from bench.images import to_rgb8
 from bench.backbones.cache import FeatureCache
 from bench.regions.cache import MaskCache, content_key, mask_stats, run_source
 from bench.pooling import pool_regions
+from bench.pipeline import RemoteBackbone, RemoteRegions, Serial, WorkerPool, network_source_name
 from bench.progress import bar_options
 from bench.rle import encode_rles
 from bench.regions import build_regions
 from bench.regions.sam_slic import SamSlicRegions
 from datamodules.datasets import prepare_dataset, split_name
-from datamodules.voc import CorruptImageError
 
 log = logging.getLogger("regionbench.extract")
 
@@ -47,13 +47,14 @@ class Extractor:
     """Builds one unit's shard sample from a region source, a backbone and a pooling mode; the task
     (a ``bench.tasks.base.Task``) reads the unit and adds its own members."""
 
-    def __init__(self, cfg: DictConfig, task):
+    def __init__(self, cfg: DictConfig, task, remote=None):
         self.task = task  # a bench.tasks.base.Task: how a unit is read and which members it adds
+        self.remote = remote  # in an extraction worker: the pipe to the process holding the networks
         self.regions, self.cache = None, None
         source = cfg.regions.source
         if source != "none":
             params = OmegaConf.to_container(cfg.regions.params.get(source, {}), resolve=True)
-            self.regions = build_regions(source, **params)
+            self.regions = build_regions(source, **params) if remote is None else remote_regions(source, params, remote)
             self.cache = MaskCache(cfg.regions.cache, cfg.dataset.name, source, params)
             if isinstance(self.regions, SamSlicRegions):  # reuse (and fill) the SAM source's own cache
                 self.sam_cache = MaskCache(cfg.regions.cache, cfg.dataset.name, params["sam"],
@@ -71,7 +72,8 @@ class Extractor:
     @property
     def backbone(self):
         if self._backbone is None:
-            self._backbone = build_backbone(self.backbone_name, **self.backbone_params)
+            self._backbone = (build_backbone(self.backbone_name, **self.backbone_params) if self.remote is None
+                              else RemoteBackbone(self.remote))
             self.features.set_meta(self._backbone.patch_size, self._backbone.embed_dim)
         return self._backbone
 
@@ -96,7 +98,8 @@ class Extractor:
         start = time.perf_counter()
         with torch.inference_mode():
             grid = backbone.features(rgb)
-        seconds = time.perf_counter() - start
+        # a worker's backbone runs in another process: the forward pass's time there, not the wait
+        seconds = getattr(backbone, "last_seconds", time.perf_counter() - start)
         return self.features.put(image_key, grid), False, seconds
 
     def masks(self, key: str, rgb: np.ndarray, label: np.ndarray,
@@ -183,14 +186,28 @@ class Extractor:
         return stats, sample
 
 
+def remote_regions(source: str, params: dict, remote):
+    """A worker's region source: CPU sources built here, a SAM-family model asked of the process
+    holding it (for SAM+SLIC: its SAM half; SLIC and the merge run here)."""
+    from bench.regions import REGION_SOURCES
+
+    if network_source_name(source):
+        return RemoteRegions(remote)
+    if source == "sam_slic":
+        return build_regions(source, **params, build_sam=lambda name, **kwargs: RemoteRegions(remote))
+    return REGION_SOURCES[source](**params)
+
+
 def note_counts(task, meta: dict) -> dict[str, int]:
     """{note: count} of the task's ``notes`` that hold for a unit's meta (True counts 1; 0 is left out)."""
     counts = {name: int(value(meta)) for name, value in task.notes.items()}
     return {name: n for name, n in counts.items() if n}
 
 
-def process_split(cfg: DictConfig, extractor: Extractor, split: str, index: int, count: int) -> dict | None:
-    """Write this process's shards of one split; merge the manifest if all shards exist."""
+def process_split(cfg: DictConfig, extractor: Extractor, split: str, index: int, count: int,
+                  pool: "WorkerPool | None" = None) -> dict | None:
+    """Write this process's shards of one split; merge the manifest if all shards exist. ``pool``:
+    worker processes to make the samples (``extract.workers``); without one, all is done here."""
     items = extractor.task.units(cfg.dataset, split)
     load = extractor.task.load_unit(cfg)
     for item in items:
@@ -214,9 +231,14 @@ def process_split(cfg: DictConfig, extractor: Extractor, split: str, index: int,
         if digest is not None:
             known[shards.shard_name(i)] = digest
     todo = [i for i in mine if shards.shard_name(i) not in known]
-    log.info("%s/%s: %d shards, %d mine, %d to write", cfg.extract.shard_dir, split, len(plan), len(mine), len(todo))
-    bar = tqdm(total=sum(len(plan[i]) for i in todo), desc=f"extract {split}", unit="img", **bar_options(),
+    units = [by_id[key] for i in todo for key in plan[i]]
+    workers = pool.workers(cfg.extract.workers, len(units)) if pool is not None else None
+    log.info("%s/%s: %d shards, %d mine, %d to write (%s)", cfg.extract.shard_dir, split, len(plan), len(mine),
+             len(todo), f"{workers.count} worker processes" if workers else "in this process")
+    bar = tqdm(total=len(units), desc=f"extract {split}", unit="img", **bar_options(),
                disable=not cfg.extract.progress, file=sys.stdout)
+    made = workers.begin(extractor, cfg, split) if workers else Serial(extractor, load)
+    started = time.perf_counter()
 
     def write(i: int) -> bool:
         """Write shard i unless another process has (called holding its lock); True if written."""
@@ -224,33 +246,28 @@ def process_split(cfg: DictConfig, extractor: Extractor, split: str, index: int,
         digest = shards.verified_sha256(split_dir, name, plan[i])
         if digest is not None:  # another extraction of this directory wrote it meanwhile
             known[name] = digest
+            made.drop(plan[i])
             bar.update(len(plan[i]))
             return False
         shards.remove_shard_orphans(split_dir, name)
         skipped: list[dict] = []
         stats: dict[str, dict] = {}
-        busy = [0.0]  # seconds spent making samples; the rest of write_shard's time is writing
+        busy = [0.0]  # seconds spent waiting for samples; the rest of write_shard's time is writing
 
         def samples(ids=plan[i], skipped=skipped, stats=stats, busy=busy):
             for key in ids:
-                item = by_id[key]
                 start = time.perf_counter()
                 try:
-                    image, label = load(item)
-                except CorruptImageError as err:
-                    log.warning("skipping unreadable image %s: %s", item.image_path, err)
-                    skipped.append({"id": key, "path": str(item.image_path), "reason": err.reason, "message": str(err)})
-                    bar.update(1)
-                    continue
-                decoded = time.perf_counter()
-                try:
-                    stats[key], sample = (extractor.task.sample or Extractor.sample)(extractor, key, image, label)
+                    result = made.take(key)
                 except shards.NonFiniteFeatures as err:
-                    raise shards.NonFiniteFeatures(f"{item.image_path}: {err}") from None
-                stats[key]["stage_seconds"]["decode"] = decoded - start
+                    raise shards.NonFiniteFeatures(f"{by_id[key].image_path}: {err}") from None
                 busy[0] += time.perf_counter() - start
-                yield sample
                 bar.update(1)
+                if result[0] == "skipped":
+                    skipped.append(result[1])
+                    continue
+                stats[key], sample = result[1], result[2]
+                yield sample
 
         tar = split_dir / f"{name}.tar"
         start = time.perf_counter()
@@ -262,10 +279,16 @@ def process_split(cfg: DictConfig, extractor: Extractor, split: str, index: int,
         known[name] = digest
         return True
 
+    made.schedule(units)
     written = shards.write_under_locks(split_dir, todo, write)
-    if todo:
-        log.info("%s: wrote %d shards, %d done by another process", split_dir, written, len(todo) - written)
+    made.finish()
     bar.close()
+    if todo:
+        seconds = time.perf_counter() - started
+        log.info("%s: wrote %d shards (%d done by another process), %d images in %.1f s: %.2f images/s, "
+                 "backbone busy %.0f%% of the time (%s)", split_dir, written, len(todo) - written, len(units), seconds,
+                 len(units) / max(seconds, 1e-9), 100 * made.served_seconds / max(seconds, 1e-9),
+                 f"{workers.count} worker processes" if workers else "in this process")
     info = {
         "split": split,
         "task": extractor.task.name,
@@ -305,15 +328,16 @@ def extract_splits(cfg: DictConfig, splits_of, task) -> dict[str, dict]:
     distinct ``extract.shard_dir``/split once); returns {shard_dir/split: manifest}."""
     index, count = process_index(cfg)
     done: dict[str, dict] = {}
-    for ccfg in cell_configs(cfg).values():
-        prepare_dataset(ccfg.dataset)
-        extractor = None
-        for split in splits_of(ccfg):
-            where = f"{ccfg.extract.shard_dir}/{split}"
-            if where in done:
-                continue
-            extractor = extractor or Extractor(ccfg, task)
-            start = time.perf_counter()
-            done[where] = process_split(ccfg, extractor, split, index, count)
-            log.info("%s done in %.1f s", where, time.perf_counter() - start)
+    with WorkerPool() as pool:
+        for ccfg in cell_configs(cfg).values():
+            prepare_dataset(ccfg.dataset)
+            extractor = None
+            for split in splits_of(ccfg):
+                where = f"{ccfg.extract.shard_dir}/{split}"
+                if where in done:
+                    continue
+                extractor = extractor or Extractor(ccfg, task)
+                start = time.perf_counter()
+                done[where] = process_split(ccfg, extractor, split, index, count, pool)
+                log.info("%s done in %.1f s", where, time.perf_counter() - start)
     return done

@@ -9,18 +9,22 @@ def class_histogram(masks: np.ndarray, label: np.ndarray, num_classes: int, igno
     """Pixel counts of each class inside each region.
 
     masks (R, H, W) bool, label (H, W) int with values in [0, C) or ``ignore_index``
-    -> (R, C + 1) int32; column C counts ignore pixels.
+    -> (R, C + 1) int32; column C counts ignore pixels. Masks may overlap: each counts its own pixels.
     """
+    if masks.shape[1:] != label.shape:
+        raise ValueError(f"masks are {masks.shape[1:]} but the label map is {label.shape}")
     flat = label.reshape(-1).astype(np.int64)
     bad = (flat != ignore_index) & ((flat < 0) | (flat >= num_classes))
     if bad.any():
         raise ValueError(f"label values {sorted(set(flat[bad].tolist()))[:10]} are outside [0, {num_classes}) "
                          f"and not the ignore index {ignore_index}: check dataset.num_classes")
-    flat = np.where(flat == ignore_index, num_classes, flat)
-    onehot = np.zeros((flat.size, num_classes + 1), dtype=np.float32)
-    onehot[np.arange(flat.size), flat] = 1.0
-    counts = masks.reshape(len(masks), -1).astype(np.float32) @ onehot  # exact: counts < 2**24
-    return np.rint(counts).astype(np.int32)
+    column = np.where(flat == ignore_index, num_classes, flat)  # (H*W,) the histogram column of each pixel
+    # a bincount of each mask's pixels' columns: the work follows the masks' pixels (~1% of the stack
+    # at ADE20K size), not H*W x (C+1) as a one-hot product would (~210 MB, ~130 ms per image)
+    hist = np.zeros((len(masks), num_classes + 1), dtype=np.int32)
+    for row, mask in zip(hist, masks.reshape(len(masks), label.size)):
+        row[:] = np.bincount(column[np.flatnonzero(mask)], minlength=num_classes + 1)
+    return hist
 
 
 LABEL_DENOMINATORS = ("labelled", "all")

@@ -17,6 +17,13 @@ def check_inputs(cfg: DictConfig) -> None:
     """Before any work starts: in every selected cell, the dataset root exists (unless the built-in
     mini set is generated there) and every ``checkpoint`` file of the chosen region source and
     backbone exists. Raises FileNotFoundError listing all that are missing."""
+    from bench.config_checks import ConfigError
+    from bench.pipeline import worker_count
+
+    try:
+        worker_count(cfg.extract.workers, 0)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     missing: dict[str, list[str]] = {}  # what is missing -> the cells that need it
 
     def checkpoints(node, key: str):

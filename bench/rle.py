@@ -1,16 +1,117 @@
-"""COCO run-length encoding of mask stacks (pycocotools), JSON-able."""
+"""COCO run-length encoding of mask stacks, JSON-able.
+
+``encode_rles`` produces pycocotools' ``mask.encode`` strings byte for byte without handing it the
+stack: pycocotools wants (H, W, R) in Fortran order, and making that copy of a bool (R, H, W) stack
+(two strided transposes) cost ~55 ms of its ~70 ms at ADE20K size (106 masks, 512x683). Here the
+runs come from the masks' pixel indices (one pass over the stack) and the vertical segments they
+form (``mask_runs``, ``run_counts``), and ``rle_strings`` is pycocotools' ``rleToString`` in numpy.
+``tests/test_rle.py`` checks them against pycocotools.
+"""
 from __future__ import annotations
 
 import numpy as np
 from pycocotools import mask as mask_utils
 
 
+def mask_runs(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(R, H, W) bool -> (starts (M,), ends (M,)) int64: the runs of ones of every mask in COCO's
+    column-major order, as flat indices ``r * H * W + x * H + y`` (ends inclusive), sorted.
+
+    A run is a vertical segment of a column, or several joined where one ends at the bottom row and
+    the next starts at the top of the following column. A pixel starts a segment when the pixel above
+    it is not in the mask, ends one when the pixel below is not; only those (a few per column of a
+    blob, not every pixel) are re-sorted into column-major order."""
+    count, height, width = masks.shape
+    area = height * width
+    flat = masks.reshape(-1)
+    pixels = np.flatnonzero(masks)  # (N,) r * area + y * width + x, sorted: the one pass over the stack
+    # whether the pixel above and below is in the mask, read from the stack (clip: the first and last
+    # pixels' neighbours are off the stack); wrong in a mask's top and bottom rows (they read the
+    # neighbouring mask), which are found by bisection rather than by dividing every pixel index
+    above = np.take(flat, pixels - width, mode="clip")
+    below = np.take(flat, pixels + width, mode="clip")
+    first = np.arange(count) * area
+    above[_spans(*np.searchsorted(pixels, [first, first + width]))] = False  # each mask's top row
+    below[_spans(*np.searchsorted(pixels, [first + area - width, first + area]))] = False
+    starts = np.sort(_column_major(pixels[~above], height, width))
+    ends = np.sort(_column_major(pixels[~below], height, width))
+    # the i-th start and end in column-major order bound the same segment: segments do not interleave
+    joined = (starts[1:] == ends[:-1] + 1) & (starts[1:] % area != 0)  # not across two masks
+    return np.delete(starts, np.flatnonzero(joined) + 1), np.delete(ends, np.flatnonzero(joined))
+
+
+def _spans(lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Spans [lo, hi) (K,) each -> the indices in them, concatenated (without a Python loop)."""
+    size = hi - lo
+    return np.arange(size.sum()) + np.repeat(lo - (np.cumsum(size) - size), size)
+
+
+def _column_major(indices: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Flat (r, y, x) indices -> flat (r, x, y) indices of the same pixels."""
+    mask, pixel = np.divmod(indices, height * width)
+    y, x = np.divmod(pixel, width)
+    return mask * (height * width) + x * height + y
+
+
+def run_counts(starts: np.ndarray, ends: np.ndarray, count: int, area: int) -> tuple[np.ndarray, np.ndarray]:
+    """``mask_runs`` of ``count`` masks of ``area`` pixels -> (counts (K,) int64, lengths (count,)):
+    each mask's COCO counts (alternating runs of zeros and ones, zeros first, possibly 0), concatenated.
+
+    As pycocotools' ``rleEncode``: the last run is always written, so a mask ending in ones has no
+    trailing zero count, an empty mask is ``[area]``, and a 0-pixel image ``[0]``."""
+    mask = starts // max(area, 1)  # a 0-pixel image has no runs
+    runs = np.bincount(mask, minlength=count)  # (count,) runs per mask
+    lengths = 2 * runs + 1  # zeros, ones, zeros, ..., ones, zeros
+    offset = np.cumsum(lengths) - lengths  # where each mask's counts begin
+    rank = _spans(np.zeros_like(runs), runs)  # a run's index within its mask
+    previous_end = np.where(rank > 0, np.roll(ends, 1) + 1, mask * area)  # where the zeros before it begin
+    counts = np.empty(lengths.sum(), dtype=np.int64)
+    at = offset[mask] + 2 * rank
+    counts[at] = starts - previous_end
+    counts[at + 1] = ends - starts + 1
+    last_end = np.zeros(count, dtype=np.int64)
+    last_end[mask] = ends - mask * area + 1  # runs are sorted: the last write per mask wins
+    counts[offset + lengths - 1] = area - last_end
+    drop = (runs > 0) & (last_end == area)  # ends in ones: no trailing zero run
+    keep = np.ones(len(counts), dtype=bool)
+    keep[(offset + lengths - 1)[drop]] = False
+    return counts[keep], lengths - drop
+
+
+def rle_strings(counts: np.ndarray, lengths: np.ndarray) -> list[str]:
+    """Concatenated COCO counts (K,) with each mask's ``lengths`` (R,) -> R compressed strings,
+    byte for byte pycocotools' ``rleToString``: from the fourth count on, each is stored as its
+    difference to the count two before; then 5 bits per character, low bits first, bit 0x20 set
+    while more characters follow (a sign-extended stop: 0x10 of the last character is the sign),
+    plus 48."""
+    first = np.cumsum(lengths) - lengths
+    index = _spans(np.zeros_like(lengths), lengths)  # position within its mask
+    value = counts.astype(np.int64)
+    later = np.flatnonzero(index > 2)
+    value[later] -= counts[later - 2]
+    chars, alive = [], np.ones(len(value), dtype=bool)
+    while alive.any():  # one 5-bit character per value and round, for the values not yet finished
+        low = value & 0x1F
+        value = value >> 5  # arithmetic shift, as C's on the signed long
+        more = np.where(low & 0x10, value != -1, value != 0) & alive
+        chars.append(np.where(alive, low + 48 + 0x20 * more, 0).astype(np.uint8))
+        alive = more
+    table = np.stack(chars, axis=1)  # (K, rounds), 0 = no character
+    text = table[table != 0].tobytes().decode("ascii")
+    per_mask = np.add.reduceat(np.count_nonzero(table, axis=1), first)  # every mask has >= 1 count
+    ends = np.cumsum(per_mask)
+    return [text[end - n:end] for end, n in zip(ends.tolist(), per_mask.tolist())]
+
+
 def encode_rles(masks: np.ndarray) -> list[dict]:
-    """(R, H, W) bool -> R COCO RLEs ``{"size": [H, W], "counts": str}``."""
-    if len(masks) == 0:
+    """(R, H, W) bool (or 0/1) -> R COCO RLEs ``{"size": [H, W], "counts": str}``, equal to pycocotools'."""
+    masks = np.asarray(masks, dtype=bool)  # mask_runs negates values read from the stack: 0/1 ints would not do
+    count, height, width = masks.shape
+    if count == 0:
         return []
-    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
-    return [{"size": [int(s) for s in r["size"]], "counts": r["counts"].decode("ascii")} for r in rles]
+    starts, ends = mask_runs(masks)
+    counts, lengths = run_counts(starts, ends, count, height * width)
+    return [{"size": [height, width], "counts": s} for s in rle_strings(counts, lengths)]
 
 
 def decode_rles(rles: list[dict]) -> np.ndarray:

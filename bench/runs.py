@@ -18,7 +18,7 @@ from bench.checkpoints import (LAST, PREVIOUS, AtomicCheckpointIO, ReplayLoader,
                                read_checkpoint, remove_stale_writes, resume_point, usable_checkpoint)
 from bench.atomic import file_sha256 as sha256, write_atomic
 from bench.config import config_hash
-from bench.progress import progress_callbacks
+from bench.progress_lines import progress_callbacks
 from bench.shards import ShardError
 from datamodules.region_shards import RegionShardDataModule
 from models.segmenter import MODELS, training_unit

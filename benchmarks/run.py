@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from benchmarks import geometry as geometry_bench
+from benchmarks import post_pooling
 from benchmarks import scene_tokens
 from benchmarks import shards as shard_bench
 from benchmarks import throughput
@@ -37,7 +38,8 @@ from benchmarks.measure import measure_memory_in_child, median_seconds, peak_ext
 
 TARGET_CASE = "ade20k"
 BUSY_LOAD = 1.5  # 1-min load average on 2 cores above which other jobs compete with the timing
-EXTRA = ("shards", "decoders", "precision", "extraction", "geometry", "scene_tokens", "clip_tokens", "video_frames")
+EXTRA = ("shards", "decoders", "precision", "extraction", "post_pooling", "geometry", "scene_tokens", "clip_tokens",
+         "video_frames")
 
 
 def time_hot_path(name: str, case, runs: int) -> dict:
@@ -287,6 +289,9 @@ def main(argv: list[str] | None = None) -> dict:
     if "extraction" in chosen:
         print(f"[{time.perf_counter() - start:5.0f} s] extraction", flush=True)
         rows.append(extraction_row())
+    if "post_pooling" in chosen:  # extraction's CPU work after pooling at ADE20K size vs the pre-issue-17 code
+        print(f"[{time.perf_counter() - start:5.0f} s] post-pooling CPU work", flush=True)
+        rows += post_pooling.rows(args.runs)
     if "geometry" in chosen:  # 3D region positions at ScanNet size; the literal reference runs once
         rows.append(geometry_bench.row(args.runs))
     if "scene_tokens" in chosen:  # Table 7's scene transformer: a training step on regions vs on patches

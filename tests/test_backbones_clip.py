@@ -253,3 +253,15 @@ def test_missing_file_names_the_official_file(tmp_path):
         load_clip_backbone("maskclip_vitl14", tmp_path / "nowhere.pt")
     with pytest.raises(ValueError, match="valid names"):
         load_clip_backbone("clip_vitb16", tmp_path / "nowhere.pt")
+
+
+def test_the_registry_names_every_clip_backbone_without_importing_open_clip():
+    import subprocess
+    import sys
+
+    from bench.backbones import CLIP_NAMES
+
+    assert CLIP_NAMES == tuple(CLIP_FAMILY)
+    code = "import sys, bench.backbones, bench.extraction; print('open_clip' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

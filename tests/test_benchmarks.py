@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from bench.regions.sam_slic import merge_sam_slic
-from benchmarks import painting, pooling, sam_slic, shards, slic, throughput
+from benchmarks import painting, pooling, post_pooling, sam_slic, shards, slic, throughput
 from benchmarks.inputs import tiny_case
 from benchmarks.measure import median_seconds, peak_extra_memory
 
@@ -114,3 +114,18 @@ def test_clip_tokens_row_times_and_measures_both_steps():
     row = scene_tokens.clip_row(runs=1, frames=2, tokens=6, grid=3, heads=4)
     assert (row["region_tokens"], row["patch_tokens"]) == (6, 18)
     assert row["ours_s"] > 0 and row["reference_s"] > 0 and row["reference_mem_bytes"] >= 0
+
+
+@pytest.mark.parametrize("generator", ["sam_slic", "slic"])
+def test_post_pooling_sample_bytes_equal_the_pre_issue_17_code(case, generator):
+    inputs = post_pooling.make_inputs(generator, case)
+    ours, reference = post_pooling.post_pooling(inputs), post_pooling.post_pooling_reference(inputs)
+    assert sorted(ours) == sorted(reference)
+    assert all(ours[k] == reference[k] for k in ours)
+    row, = post_pooling.rows(runs=1, generators=(generator,), parts={generator: ("total",)}, case=case)
+    assert row["check"]["ok"] and row["speedup"] > 0 and row["target"] == ">=20x"
+
+
+def test_post_pooling_check_raises_on_different_bytes():
+    with pytest.raises(AssertionError, match="hist.npy"):
+        post_pooling.check({"hist.npy": b"1", "label.png": b"2"}, {"hist.npy": b"0", "label.png": b"2"})

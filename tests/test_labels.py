@@ -55,3 +55,52 @@ def test_region_label_rule_matches_a_loop(denominator):
             best = max(range(len(counts)), key=lambda c: (counts[c], -c))
             want.append(best if counts[best] > 0 and counts[best] > threshold * total else -1)
         assert region_labels(hist, threshold, denominator).tolist() == want
+
+
+def onehot_histogram(masks, label, num_classes, ignore_index=255):
+    """The pre-issue-17 implementation: masks (R, H*W) float32 @ one-hot (H*W, C+1)."""
+    flat = label.reshape(-1).astype(np.int64)
+    flat = np.where(flat == ignore_index, num_classes, flat)
+    onehot = np.zeros((flat.size, num_classes + 1), dtype=np.float32)
+    onehot[np.arange(flat.size), flat] = 1.0
+    return np.rint(masks.reshape(len(masks), flat.size).astype(np.float32) @ onehot).astype(np.int32)
+
+
+@pytest.mark.parametrize("layout", ["overlapping", "partition", "empty stack", "empty masks"])
+def test_class_histogram_equals_the_onehot_product(layout):
+    rng = np.random.default_rng(2)
+    height, width, classes = 31, 45, 9
+    label = rng.integers(0, classes, (height, width)).astype(np.uint8)
+    label[rng.random(label.shape) < 0.1] = 255
+    if layout == "overlapping":  # SAM-like: pixels in several masks, some in none
+        masks = rng.random((14, height, width)) < rng.random((14, 1, 1))
+    elif layout == "partition":  # SLIC-like: every pixel in exactly one mask
+        masks = rng.integers(0, 11, (height, width)) == np.arange(11)[:, None, None]
+    elif layout == "empty stack":
+        masks = np.zeros((0, height, width), dtype=bool)
+    else:
+        masks = np.zeros((3, height, width), dtype=bool)
+    hist = class_histogram(masks, label, classes)
+    want = onehot_histogram(masks, label, classes)
+    assert hist.dtype == np.int32 and hist.shape == (len(masks), classes + 1)
+    assert np.array_equal(hist, want)
+    assert hist.tobytes() == want.tobytes()
+
+
+def test_class_histogram_with_another_ignore_index_and_wide_labels():
+    rng = np.random.default_rng(3)
+    label = rng.integers(0, 300, (20, 16)).astype(np.int32)
+    label[label >= 150] = -1
+    masks = rng.random((5, 20, 16)) < 0.5
+    assert np.array_equal(class_histogram(masks, label, 150, ignore_index=-1),
+                          onehot_histogram(masks, label, 150, ignore_index=-1))
+
+
+def test_class_histogram_refuses_labels_outside_the_classes_with_the_same_message():
+    label = np.array([[0, 7], [9, 255]], np.uint8)
+    message = ("label values [7, 9] are outside [0, 5) and not the ignore index 255: check dataset.num_classes")
+    with pytest.raises(ValueError) as err:
+        class_histogram(np.ones((1, 2, 2), bool), label, num_classes=5)
+    assert str(err.value) == message
+    with pytest.raises(ValueError, match=r"masks are \(2, 3\) but the label map is \(2, 2\)"):
+        class_histogram(np.ones((1, 2, 3), bool), label, num_classes=5)

@@ -1,7 +1,8 @@
 """Progress in a log (stdout not a terminal): plain lines, not carriage-return redraws."""
 from __future__ import annotations
 
-from bench.progress import LineProgress, bar_options, interactive
+from bench.progress import bar_options, interactive
+from bench.progress_lines import LineProgress
 from tests.conftest import tiny_config
 
 

@@ -242,3 +242,20 @@ def test_vit_b_architecture_runs_with_default_thresholds(tmp_path):
 def test_registry_names_match_config_sections():
     assert {name: cls.family for name, cls in SAM_FAMILY.items()} == {name: name for name in SAM_FAMILY}
     assert set(AMG_PRESETS) == {"table10", "table11", "table12"}
+
+
+@pytest.mark.parametrize("points_per_side,batches", [
+    (4, (4, 16)),                                  # 16 prompts: 4 batches of 4 or one of 16
+    pytest.param(8, (16, 64), marks=pytest.mark.slow),  # the defaults' scale: ~50 s on a busy 2-core CPU
+])
+def test_points_per_batch_changes_memory_not_masks(checkpoints, photo, points_per_side, batches):
+    # Each prompt is decoded on its own (the decoder's attention never mixes prompts), and on this
+    # CPU the batched kernels give bit-identical logits, so the batch size changes memory only.
+    # box_nms_thresh=1 keeps every mask (IoU never exceeds 1): all 3 masks of every prompt are
+    # compared, not the one or two that NMS leaves of random-weight masks.
+    kwargs = dict(points_per_side=points_per_side, box_nms_thresh=1.0, **LOW)
+    small, large = (SamRegions("vit_test", checkpoints["sam"], points_per_batch=b, **kwargs) for b in batches)
+    assert (small.generator.points_per_batch, large.generator.points_per_batch) == batches
+    masks = small.generate(photo)
+    assert len(masks) > points_per_side**2  # more than one mask per prompt survived
+    np.testing.assert_array_equal(large.generate(photo), masks)

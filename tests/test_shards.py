@@ -105,9 +105,11 @@ def _shard_contents(split_dir: Path) -> dict[str, str]:
         [s["keys"] for s in manifest["shards"]])}
 
 
-def test_two_array_jobs_write_the_same_shards_as_one(tiny_root, tmp_path):
-    """index/count split: each job writes its own shards; the last one merges the manifest."""
-    overrides = ["cell=region_linear/minivoc", f"extract.shard_dir={tmp_path / 'split'}"]
+@pytest.mark.parametrize("workers", [0, 2])
+def test_two_array_jobs_write_the_same_shards_as_one(tiny_root, tmp_path, workers):
+    """index/count split: each job writes its own shards; the last one merges the manifest. With
+    worker processes making the samples (bench/pipeline.py) too."""
+    overrides = ["cell=region_linear/minivoc", f"extract.shard_dir={tmp_path / 'split'}", f"extract.workers={workers}"]
     first = extract(tiny_config(tiny_root, *overrides, "extract.index=0", "extract.count=2"))
     assert all(m is None for m in first.values())  # job 0 alone cannot finish the manifest
     extract(tiny_config(tiny_root, *overrides, "extract.index=1", "extract.count=2"))
@@ -118,26 +120,43 @@ def test_two_array_jobs_write_the_same_shards_as_one(tiny_root, tmp_path):
         assert _shard_contents(tmp_path / "split" / split) == _shard_contents(reference / split)
 
 
-def test_kill_9_mid_extraction_then_resume_gives_identical_shards(tiny_root, tmp_path):
-    """Kill the extractor while a shard is being written; the re-run ends identical."""
+def children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(c) for c in path.read_text().split()] if path.exists() else []
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_kill_9_mid_extraction_then_resume_gives_identical_shards(tiny_root, tmp_path, workers):
+    """Kill the extractor while a shard is being written; the re-run ends identical. With worker
+    processes (bench/pipeline.py) they exit with it: none is left behind."""
     from bench.config import cell_config
 
     reference = Path(cell_config(tiny_config(tiny_root), "region_linear/minivoc").extract.shard_dir)
     target = tmp_path / "killed"
     args = [sys.executable, "-m", "bench.extract", "experiment=quickstart", "cell=region_linear/minivoc",
-            *tiny_overrides(tiny_root), f"extract.shard_dir={target}", "extract.samples_per_shard=4"]
+            *tiny_overrides(tiny_root), f"extract.shard_dir={target}", "extract.samples_per_shard=4",
+            f"extract.workers={workers}"]
     proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
-    killed_mid_shard = False
+    killed_mid_shard, workers_seen = False, []
     while time.time() < deadline and proc.poll() is None:
         done = list((target / "train").glob("shard-*.json")) if (target / "train").is_dir() else []
         if done and list((target / "train").glob("*.tar.tmp")):
+            workers_seen = children(proc.pid)
             os.kill(proc.pid, signal.SIGKILL)
             killed_mid_shard = True
             break
         time.sleep(0.02)
     proc.wait()
     assert killed_mid_shard, "extraction finished before it could be killed mid-shard"
+    if workers and sys.platform.startswith("linux"):
+        assert len(workers_seen) >= workers, workers_seen  # the spawned workers (and perhaps a tracker)
+        left = time.time() + 30
+        while time.time() < left and any(Path(f"/proc/{pid}").exists() for pid in workers_seen):
+            time.sleep(0.1)
+        alive = [pid for pid in workers_seen if Path(f"/proc/{pid}").exists()
+                 and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"]
+        assert not alive, f"worker processes {alive} outlived the killed extraction"
     assert not (target / "train" / "manifest.json").exists()
     subprocess.run(args, cwd=REPO, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for split in ("train", "val"):

@@ -5,6 +5,8 @@ Every backbone has ``patch_size: int``, ``embed_dim: int`` and
 centre-padded with zeros (black) to a multiple of the patch size — pad-before = pad // 2,
 pad-after = the rest, as the official ``CenterPadding`` — so h = ceil(H/p), w = ceil(W/p).
 Pooling (``bench.pooling``) relies on exactly this layout to align masks with the grid.
+``features_batch(images) -> [features(image) for image in images]`` does a list at once: the ViT
+and CLIP backbones stack images of equal padded size into one forward pass (``batching``).
 
 Backbones are plain classes in ``BACKBONES``; build one by name with
 ``build_backbone("colortexture", patch_size=14)``.
@@ -26,6 +28,9 @@ class Backbone(Protocol):
 
     def features(self, image: np.ndarray) -> torch.Tensor:
         """(H, W, 3) uint8 -> (embed_dim, ceil(H/p), ceil(W/p)) float32."""
+
+    def features_batch(self, images: list[np.ndarray]) -> list[torch.Tensor]:
+        """[(H_i, W_i, 3) uint8] -> [(embed_dim, ceil(H_i/p), ceil(W_i/p)) float32], in input order."""
 
 
 from bench.padding import center_pad, center_pad_amounts, padded_size  # noqa: E402,F401  (re-exported)
@@ -117,6 +122,11 @@ class ColorTextureBackbone:
         grid = np.concatenate(blocks, axis=-1).astype(np.float32)  # (h, w, d)
         return torch.from_numpy(np.ascontiguousarray(grid.transpose(2, 0, 1)))
 
+    def features_batch(self, images: list[np.ndarray]) -> list[torch.Tensor]:
+        """``features`` of each image, in order: the descriptor is numpy work per patch, with no
+        forward pass that a batch could share."""
+        return [self.features(image) for image in images]
+
     def global_feature(self, image: np.ndarray) -> torch.Tensor:
         """(H, W, 3) -> (embed_dim,): the mean of the image's patch descriptors, this descriptor's
         stand-in for a ViT's class token."""
@@ -161,13 +171,28 @@ class ColorTextureBackbone:
 
 
 # The ViT families live in their own modules (weights only ever from a local file).
-from bench.backbones.clip import CLIP_FAMILY  # noqa: E402
 from bench.backbones.vit import VIT_FAMILY  # noqa: E402
+
+CLIP_NAMES = ("clip_vitb32", "maskclip_vitl14")  # bench.backbones.clip.CLIP_FAMILY's keys
+
+
+def _clip(name: str):
+    """The builder of CLIP-family backbone ``name``; open_clip (and torchvision, ~3 s) is imported when
+    one is built, not by every process that imports this registry (extraction workers among them)."""
+
+    def build(**kwargs):
+        from bench.backbones.clip import CLIP_FAMILY
+
+        return CLIP_FAMILY[name](**kwargs)
+
+    return build
+
 
 BACKBONES = {
     "colortexture": ColorTextureBackbone,
     **VIT_FAMILY,  # dinov2_vits14 / vitb14 / vitl14 / vitg14, dino_vitb16, imagenet_vitl
-    **CLIP_FAMILY,  # clip_vitb32 (full-resolution grid), maskclip_vitl14 (fixed positional embedding)
+    **{name: _clip(name) for name in CLIP_NAMES},  # clip_vitb32 (full-resolution grid), maskclip_vitl14 (fixed
+                                                  # positional embedding)
 }
 
 

@@ -30,7 +30,7 @@ import warnings
 import zipfile
 from functools import partial
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import open_clip
@@ -40,6 +40,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg, convert_weights_to_fp16
 from open_clip.transformer import QuickGELU, ResidualAttentionBlock, VisionTransformer
 
+from bench.backbones.batching import forward_in_groups
 from bench.padding import center_pad_amounts
 from bench.images import to_rgb8
 from bench.weights import read_checkpoint, state_dict_diff
@@ -271,7 +272,8 @@ class ClipBackbone:
     """CLIP ViT patch tokens at native resolution; build with ``load_clip_backbone``.
 
     ``features``: (H, W, 3) uint8 -> (embed_dim, ceil(H/p), ceil(W/p)) float32 on the CPU, where
-    embed_dim = width (768 for ViT-B/32) or, with ``project``, the joint-space dim (512).
+    embed_dim = width (768 for ViT-B/32) or, with ``project``, the joint-space dim (512);
+    ``features_batch`` does a list of images. ``autocast`` is CUDA float16 only (fp32 otherwise).
     """
 
     def __init__(self, visual: VisionTransformer, mean, std, project: bool = False, autocast: bool = False):
@@ -293,14 +295,23 @@ class ClipBackbone:
 
     @torch.inference_mode()
     def features(self, image: np.ndarray) -> torch.Tensor:
-        x = self.pixels(image)
+        return self._grids(self.pixels(image))[0]
+
+    @torch.inference_mode()
+    def features_batch(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        """[(H_i, W_i, 3) uint8] -> [(embed_dim, ceil(H_i/p), ceil(W_i/p)) float32 on the CPU], in order;
+        images of equal padded size share one forward pass (``bench.backbones.batching``)."""
+        return forward_in_groups([self.pixels(image)[0] for image in images], self._grids)
+
+    def _grids(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, Hp, Wp) normalised pixels -> (B, embed_dim, h, w) float32 on the CPU."""
         with torch.autocast("cuda", dtype=torch.float16) if self.autocast else contextlib.nullcontext():
-            tokens, (h, w) = self._embed(x)       # (1, 1 + h*w, width)
-            patches = self._last_tokens(tokens)   # (1, h*w, width)
+            tokens, (h, w) = self._embed(x)       # (B, 1 + h*w, width)
+            patches = self._last_tokens(tokens)   # (B, h*w, width)
             patches = self.visual.ln_post(patches)
             if self.project:
                 patches = patches @ self.visual.proj
-        return patches[0].T.reshape(-1, h, w).float().cpu().contiguous()
+        return patches.transpose(1, 2).reshape(len(x), -1, h, w).float().cpu().contiguous()
 
     @torch.inference_mode()
     def global_feature(self, image: np.ndarray) -> torch.Tensor:
@@ -314,12 +325,12 @@ class ClipBackbone:
         return cls[0].float().cpu()
 
     def _embed(self, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
-        """(1, 3, Hp, Wp) -> (1, 1 + h*w, width) tokens after ln_pre, and (h, w)."""
+        """(B, 3, Hp, Wp) -> (B, 1 + h*w, width) tokens after ln_pre, and (h, w)."""
         v = self.visual
-        x = v.conv1(x)                                   # (1, width, h, w)
+        x = v.conv1(x)                                   # (B, width, h, w)
         grid = x.shape[-2:]
-        x = x.flatten(2).transpose(1, 2)                 # (1, h*w, width)
-        x = torch.cat([v.class_embedding.to(x.dtype).expand(1, 1, -1), x], dim=1)
+        x = x.flatten(2).transpose(1, 2)                 # (B, h*w, width)
+        x = torch.cat([v.class_embedding.to(x.dtype).expand(len(x), 1, -1), x], dim=1)
         x = x + self._pos_embed(grid).to(x.dtype)
         return v.ln_pre(x), tuple(grid)
 
@@ -327,7 +338,7 @@ class ClipBackbone:
         return interpolate_pos_embed(self.visual.positional_embedding, grid)
 
     def _last_tokens(self, x: torch.Tensor) -> torch.Tensor:
-        """(1, 1 + h*w, width) -> (1, h*w, width) patch tokens after the last block."""
+        """(B, 1 + h*w, width) -> (B, h*w, width) patch tokens after the last block."""
         return self.visual.transformer(x)[:, 1:]
 
 

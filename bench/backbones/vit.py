@@ -48,18 +48,19 @@ import types
 from contextlib import nullcontext
 from functools import partial
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Sequence
 
 import numpy as np
-import timm
 import torch
 import torch.nn.functional as F
-from timm.layers import resample_abs_pos_embed
-from timm.models.vision_transformer import VisionTransformer, _convert_dinov2
 
+from bench.backbones.batching import forward_in_groups
 from bench.padding import center_pad_amounts
 from bench.images import to_rgb8
 from bench.weights import read_checkpoint, state_dict_diff
+
+if TYPE_CHECKING:
+    from timm.models.vision_transformer import VisionTransformer
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -112,6 +113,8 @@ def _row(name: str) -> ViTRow:
 
 def create_vit(name: str, tiny: bool = False) -> VisionTransformer:
     """The randomly initialised timm model of ``name`` (its TINY variant if ``tiny``); no download."""
+    import timm  # here, not at import: ~2 s that extraction workers and colour-texture runs never need
+
     row = _row(name)
     overrides = TINY if tiny else {}
     return timm.create_model(row.arch, pretrained=False, dynamic_img_size=True, num_classes=0,
@@ -129,6 +132,8 @@ def interpolate_patch_pos_embed(patch_pos: torch.Tensor, grid: tuple[int, int], 
     if (h, w) == (side, side):
         return patch_pos
     if mode == "timm":
+        from timm.layers import resample_abs_pos_embed
+
         return resample_abs_pos_embed(patch_pos, new_size=[h, w], old_size=[side, side], num_prefix_tokens=0)
     if mode != "dino":
         raise ValueError(f"unknown pos_interp '{mode}'; valid: 'dino', 'timm'")
@@ -210,18 +215,30 @@ class ViTBackbone:
     @torch.no_grad()  # not inference_mode: callers may modify the returned grid in place
     def features(self, image: np.ndarray) -> torch.Tensor:
         """(H, W, 3) uint8 -> (embed_dim, ceil(H/p), ceil(W/p)) float32 on the CPU."""
-        x = self.preprocess(image)[None].to(self.device)  # (1, 3, Hp, Wp)
+        return self._grids(self.preprocess(image)[None])[0]
+
+    @torch.no_grad()
+    def features_batch(self, images: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        """[(H_i, W_i, 3) uint8] -> [(embed_dim, ceil(H_i/p), ceil(W_i/p)) float32 on the CPU], in order.
+
+        Images whose padded sizes are equal go through one forward pass (``bench.backbones.batching``);
+        the caller bounds memory by the length of the list. Whether a grid is bit-identical to
+        ``features`` of the same image depends on the device's kernels (tests/test_backbones_batch.py)."""
+        return forward_in_groups([self.preprocess(image) for image in images], self._grids)
+
+    def _grids(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, Hp, Wp) preprocessed -> (B, embed_dim, h, w) float32 on the CPU."""
         autocast = (torch.autocast("cuda", dtype=DTYPES[self.dtype])
                     if self.device.type == "cuda" and self.dtype != "fp32" else nullcontext())
         taken = sorted(set(self.layers))
         with autocast:
-            grids = self.model.forward_intermediates(x, indices=taken, norm=True, stop_early=True,
+            grids = self.model.forward_intermediates(x.to(self.device), indices=taken, norm=True, stop_early=True,
                                                      output_fmt="NCHW", intermediates_only=True)
-        grids = [grids[taken.index(i)][0].float() for i in self.layers]  # each (d, h, w)
+        grids = [grids[taken.index(i)].float() for i in self.layers]  # each (B, d, h, w)
         if self.add_pos_embed:
-            pos = self.pos_embed_grid(*grids[0].shape[1:]).to(grids[0].device)
+            pos = self.pos_embed_grid(*grids[0].shape[2:]).to(grids[0].device)
             grids = [grid + pos for grid in grids]
-        return torch.cat(grids).cpu()
+        return torch.cat(grids, dim=1).cpu()
 
     @torch.no_grad()
     def global_feature(self, image: np.ndarray) -> torch.Tensor:
@@ -256,6 +273,8 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def to_timm_keys(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str]:
     """(state dict in timm names, the format it came in): official DINOv2 keys are converted."""
     if "mask_token" in state or any(".mlp.w12." in key for key in state):
+        from timm.models.vision_transformer import _convert_dinov2
+
         return _convert_dinov2(dict(state), None), "official DINOv2 keys"
     unused = ("head.", "pre_logits.")  # classifier / old JAX representation layer: not patch features
     return {k: v for k, v in state.items() if not k.startswith(unused)}, "timm keys"
@@ -354,19 +373,26 @@ def to_official_keys(name: str, state: dict[str, torch.Tensor]) -> dict[str, tor
     return official
 
 
+def random_vit(name: str, tiny: bool = True) -> VisionTransformer:
+    """The timm model of ``name`` with random weights from the global RNG, as ``save_random_checkpoint``
+    writes them: layer-scale gammas in [0.1, 0.5] (timm inits 1e-5, which would make every block
+    almost the identity) and a class token of std 0.02."""
+    model = create_vit(name, tiny)
+    with torch.no_grad():
+        for key, value in model.state_dict().items():  # state_dict order: the file's RNG order
+            if key.endswith(".gamma"):
+                value.copy_(0.1 + 0.4 * torch.rand_like(value))
+        model.cls_token.copy_(torch.randn_like(model.cls_token) * 0.02)
+    return model
+
+
 def save_random_checkpoint(name: str, path: str | Path, tiny: bool = True, seed: int = 0) -> Path:
     """Write a random-weight ``name`` (TINY if ``tiny``) in its official format (``.safetensors``
     path: safetensors, else torch.save); the same seed gives the same file, global RNG untouched.
     Layer-scale gammas are drawn in [0.1, 0.5] (timm inits 1e-5) so that every block matters."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = create_vit(name, tiny)
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        for key in state:
-            if key.endswith(".gamma"):
-                state[key] = 0.1 + 0.4 * torch.rand_like(state[key])
-        state["cls_token"] = torch.randn_like(state["cls_token"]) * 0.02
-        state = to_official_keys(name, state)
+        state = to_official_keys(name, random_vit(name, tiny).state_dict())
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".safetensors":

@@ -40,7 +40,7 @@ from bench.weights import read_checkpoint, state_dict_diff
 
 AMG_DEFAULTS = dict(
     points_per_side=32,                  # a 32x32 grid of point prompts, 3 masks per point
-    points_per_batch=64,                 # points run through the decoder at once (memory, not results)
+    points_per_batch=64,                 # points per decoder batch: memory and speed, not masks (tested)
     pred_iou_thresh=0.88,                # keep masks whose predicted IoU is > this (0 disables)
     stability_score_thresh=0.95,         # keep masks whose stability score is >= this (0 disables)
     stability_score_offset=1.0,          # logit offset used to compute the stability score

@@ -21,8 +21,16 @@ import numpy as np
 from omegaconf import DictConfig
 
 
+# Every field is a module-level function (no lambdas): a Task pickles by reference to them, so an
+# extraction worker process receives the task it runs (bench/pipeline.py).
+
+
 def _no_check(key: str, rgb: np.ndarray, annotation) -> None:
     return None
+
+
+def _no_report(cfg: DictConfig) -> dict:
+    return {}
 
 
 @dataclass(frozen=True)
@@ -42,7 +50,7 @@ class Task:
     build_datamodule: Callable | None = None  # cfg -> LightningDataModule
     check_data: Callable | None = None  # (cfg, datamodule, split) -> the split's manifest, or an error
     build_model: Callable | None = None  # (cfg, manifest) -> LightningModule
-    report: Callable[[DictConfig], dict] = lambda cfg: {}  # keys every metrics.json of the task adds
+    report: Callable[[DictConfig], dict] = _no_report  # keys every metrics.json of the task adds
     prediction_writer: Callable[[DictConfig, Path], Callable] | None = None  # (cfg, run dir) -> writer
     pictures: Callable | None = None  # (cfg, model, count, out_dir) -> None
     check_unit: Callable = _no_check  # (key, rgb, annotation): refuse a unit before any work
@@ -50,7 +58,7 @@ class Task:
     # consecutive runs of samples_per_shard (a multi-view task keeps each scene in one shard)
     plan: Callable | None = None
     # notes counted and named in the manifest and metrics.json: {name: meta -> bool or count}, e.g.
-    # frames whose pose is invalid ({"invalid_pose": lambda meta: not meta["pose_valid"]})
+    # frames whose pose is invalid ({"invalid_pose": pose_invalid}, pose_invalid(meta) -> bool)
     notes: dict = field(default_factory=dict)
     # how a unit becomes its shard sample: (extractor, key, image, annotation) -> (stats, sample);
     # None = Extractor.sample (one image); a video task samples several frames

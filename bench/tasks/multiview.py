@@ -180,9 +180,21 @@ def pictures(cfg: DictConfig, model, count: int, out: Path) -> None:
     draw_scene(cfg, model, count, out, scene_of, REGION_FIELDS)
 
 
+def summary(metrics: dict) -> str:
+    return runs.summarize(metrics, metrics.get("class_names"))
+
+
+def report(cfg: DictConfig) -> dict:
+    return {"class_names": class_names(cfg.dataset)}
+
+
+def pose_invalid(meta: dict) -> bool:
+    return not meta["pose_valid"]
+
+
 TASK = Task(
     name="multiview", members=MEMBERS, units=units, load_unit=load_unit, unit_members=unit_members,
-    check_unit=check_unit, extract=extract, summary=lambda m: runs.summarize(m, m.get("class_names")),
+    check_unit=check_unit, extract=extract, summary=summary,
     trains=True, models=models, build_datamodule=build_datamodule, check_data=runs.check_shards,
-    build_model=build_model, report=lambda cfg: {"class_names": class_names(cfg.dataset)}, pictures=pictures,
-    plan=plan, notes={"invalid_pose": lambda meta: not meta["pose_valid"]})
+    build_model=build_model, report=report, pictures=pictures,
+    plan=plan, notes={"invalid_pose": pose_invalid})

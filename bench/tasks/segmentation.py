@@ -72,10 +72,18 @@ def pictures(cfg: DictConfig, model, count: int, out: Path) -> None:
     draw_predictions(cfg, model, count, out)
 
 
+def summary(metrics: dict) -> str:
+    return runs.summarize(metrics, metrics.get("class_names"))
+
+
+def report(cfg: DictConfig) -> dict:
+    return {"class_names": class_names(cfg.dataset)}
+
+
 TASK = Task(
     name="segmentation", members=MEMBERS, units=dataset_items, load_unit=load_unit, unit_members=unit_members,
-    check_unit=check_unit, extract=extract, summary=lambda m: runs.summarize(m, m.get("class_names")),
+    check_unit=check_unit, extract=extract, summary=summary,
     trains=True, models=models, build_datamodule=functools.partial(runs.build_datamodule, members=MEMBERS),
     check_data=runs.check_shards, build_model=runs.build_model,
-    report=lambda cfg: {"class_names": class_names(cfg.dataset)},
+    report=report,
     prediction_writer=prediction_writer, pictures=pictures)

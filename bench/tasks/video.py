@@ -206,8 +206,12 @@ def pictures(cfg: DictConfig, model, count: int, out: Path) -> None:
     draw_clips(cfg, model, count, out, REGION_FIELDS, UNIT_FIELDS)
 
 
+def tokens_cut(meta: dict) -> int:
+    return meta.get("tokens_cut", 0)
+
+
 TASK = Task(
     name="video", members=MEMBERS, units=units, load_unit=load_unit, unit_members=None, check_unit=check_unit,
     extract=extract, summary=summary, trains=True, models=models, build_datamodule=build_datamodule,
     check_data=check_data, build_model=build_model, report=report, pictures=pictures, sample=sample_clip,
-    notes={"tokens_cut": lambda meta: meta.get("tokens_cut", 0)})
+    notes={"tokens_cut": tokens_cut})
