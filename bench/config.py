@@ -333,7 +333,7 @@ def run_dir(cfg: DictConfig) -> Path:
 EXECUTION_KEYS = (
     "experiment", "cell", "overrides", "resume", "rerun", "save_predictions", "pictures", "print_config", "table",
     "logger", "launcher",
-    "paths", "data.num_workers", "data.verify", "extract.progress", "extract.workers", "extract.index", "extract.count",
+    "paths", "data.num_workers", "data.verify", "extract.progress", "extract.workers", "extract.backbone_batch", "extract.index", "extract.count",
     "extract.shard_dir", "extract.feature_cache", "regions.cache",  # locations of what the other keys define
     "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps",
     "datasets", "preset_applied",  # the catalogue `dataset` is picked from; a record of values already in the config

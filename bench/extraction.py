@@ -35,7 +35,7 @@ from bench.regions.cache import MaskCache, content_key, mask_stats, run_source
 from bench.pooling import pool_regions
 from bench.pipeline import RemoteBackbone, RemoteRegions, Serial, WorkerPool, network_source_name
 from bench.progress import bar_options
-from bench.rle import encode_rles
+from bench.rle import encode_rles, mask_areas, mask_pixels
 from bench.regions import build_regions
 from bench.regions.sam_slic import SamSlicRegions
 from datamodules.datasets import prepare_dataset, split_name
@@ -173,17 +173,24 @@ class Extractor:
                 "pad": [(h * p - height) // 2, (w * p - width) // 2],
                 # timings stay out of the tar (in the shard entry) so shard bytes are reproducible
                 "regions": stats["regions"], "coverage": stats["coverage"]}
-        members, extra_meta = self.task.unit_members(self, key, masks, label)
+        sample, extra_meta = self.encode(key, feats, masks, label, meta, grid.numpy() if self.patches else None)
         notes = note_counts(self.task, extra_meta)
         if notes:
             stats["notes"] = notes
-        sample = shards.encode_sample(
-            key, feats=feats, rles=encode_rles(masks) if len(masks) else [],
-            areas=masks.sum(axis=(1, 2)), meta={**meta, **extra_meta},
-            patches=grid.numpy() if self.patches else None, members=members)
         clock.append(time.perf_counter())
         stats["stage_seconds"] = dict(zip(("features", "regions", "pooling", "encode"), np.diff(clock).tolist()))
         return stats, sample
+
+    def encode(self, key: str, feats: np.ndarray, masks: np.ndarray, annotation, meta: dict,
+               patches: np.ndarray | None = None) -> tuple[dict, dict]:
+        """(the encoded shard sample, the task's extra meta) of one unit after pooling: the task's
+        members (e.g. class histograms, label.png), the masks' COCO RLEs and areas. feats (R, d),
+        masks (R, H, W) bool; the masks' pixels are found once and shared (``bench.rle.mask_pixels``)."""
+        pixels = mask_pixels(masks)
+        members, extra_meta = self.task.unit_members(self, key, masks, annotation, pixels)
+        sample = shards.encode_sample(key, feats=feats, rles=encode_rles(masks, pixels), areas=mask_areas(masks, pixels),
+                                      meta={**meta, **extra_meta}, patches=patches, members=members)
+        return sample, extra_meta
 
 
 def remote_regions(source: str, params: dict, remote):

@@ -5,11 +5,13 @@ import numpy as np
 import torch
 
 
-def class_histogram(masks: np.ndarray, label: np.ndarray, num_classes: int, ignore_index: int = 255) -> np.ndarray:
+def class_histogram(masks: np.ndarray, label: np.ndarray, num_classes: int, ignore_index: int = 255,
+                    pixels: np.ndarray | None = None) -> np.ndarray:
     """Pixel counts of each class inside each region.
 
     masks (R, H, W) bool, label (H, W) int with values in [0, C) or ``ignore_index``
     -> (R, C + 1) int32; column C counts ignore pixels. Masks may overlap: each counts its own pixels.
+    ``pixels``: ``bench.rle.mask_pixels(masks)`` if already computed (it is shared with the RLEs).
     """
     if masks.shape[1:] != label.shape:
         raise ValueError(f"masks are {masks.shape[1:]} but the label map is {label.shape}")
@@ -19,12 +21,13 @@ def class_histogram(masks: np.ndarray, label: np.ndarray, num_classes: int, igno
         raise ValueError(f"label values {sorted(set(flat[bad].tolist()))[:10]} are outside [0, {num_classes}) "
                          f"and not the ignore index {ignore_index}: check dataset.num_classes")
     column = np.where(flat == ignore_index, num_classes, flat)  # (H*W,) the histogram column of each pixel
-    # a bincount of each mask's pixels' columns: the work follows the masks' pixels (~1% of the stack
-    # at ADE20K size), not H*W x (C+1) as a one-hot product would (~210 MB, ~130 ms per image)
-    hist = np.zeros((len(masks), num_classes + 1), dtype=np.int32)
-    for row, mask in zip(hist, masks.reshape(len(masks), label.size)):
-        row[:] = np.bincount(column[np.flatnonzero(mask)], minlength=num_classes + 1)
-    return hist
+    # one bincount over (mask, column) of every mask pixel: the work follows the masks' pixels, not
+    # H*W x (C+1) as a one-hot product would (~210 MB, ~130 ms per image at ADE20K size)
+    pixels = np.flatnonzero(masks) if pixels is None else pixels
+    mask = pixels // max(label.size, 1)
+    cells = mask * (num_classes + 1) + column[pixels - mask * label.size]
+    counts = np.bincount(cells, minlength=len(masks) * (num_classes + 1))
+    return counts.reshape(len(masks), num_classes + 1).astype(np.int32)
 
 
 LABEL_DENOMINATORS = ("labelled", "all")

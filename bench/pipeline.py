@@ -135,6 +135,9 @@ class Workers:
     def begin(self, extractor, cfg: DictConfig | None, split: str) -> "Workers":
         """Make ``split``'s units with ``extractor`` (this process's networks) and ``cfg`` (the workers')."""
         self.extractor, self.split = extractor, split
+        self.batch = int(cfg.extract.backbone_batch) if cfg is not None else 1
+        if self.batch < 1:
+            raise ValueError(f"extract.backbone_batch={self.batch}: must be >= 1")
         self.pending: deque = deque()  # units not handed out, in order
         self.held: dict = {}  # key -> unit, for every scheduled key not yet taken
         self.out: dict[int, list[str]] = {i: [] for i in range(self.count)}  # keys handed out, oldest first
@@ -193,29 +196,62 @@ class Workers:
         return sum(len(keys) for keys in self.out.values())
 
     def _answer_one(self) -> None:
-        """Wait for messages from the workers and handle them; a dead worker is an error."""
+        """Wait for messages from the workers and handle them; a dead worker is an error. Feature
+        calls that arrive together go through the backbone as one batch (``extract.backbone_batch``)."""
+        features = []  # (conn, rgb) of this round's feature calls
         for conn in wait(self.conns):
             i = self.conns.index(conn)
-            try:
-                message = conn.recv()
-            except (EOFError, OSError):
-                self.procs[i].join(timeout=5)
-                raise RuntimeError(
-                    f"extraction worker {self.procs[i].name} died (exit code {self.procs[i].exitcode}) while making "
-                    f"{', '.join(self.out[i]) or 'no unit'} of {self.split}; out of memory? Run with "
-                    "extract.workers=0 to see the error in this process") from None
-            kind = message[0]
-            if kind == "call":
-                conn.send(("reply", *self._call(*message[1:])))
-                continue
-            key = message[1]
-            self.out[i].remove(key)
-            if key in self.dropped:
-                self.dropped.discard(key)
-            elif kind == "failed":
-                raise message[2]
-            else:
-                self.done[key] = (kind, *message[2:])
+            for message in self._messages(i):  # all it sent: a result is often followed by its next call
+                kind = message[0]
+                if kind == "call" and message[1] == "features":
+                    features.append((conn, message[2]))
+                elif kind == "call":
+                    conn.send(("reply", *self._call(*message[1:])))
+                else:
+                    self._result(i, message)
+        for start in range(0, len(features), self.batch):
+            group = features[start:start + self.batch]
+            grids, seconds = self._features([rgb for _, rgb in group])
+            for (conn, _), grid in zip(group, grids):
+                conn.send(("reply", grid, seconds / len(group)))
+
+    def _messages(self, i: int):
+        """The messages waiting from worker ``i`` (at least one); its death is an error naming it."""
+        conn = self.conns[i]
+        try:
+            yield conn.recv()
+            while conn.poll():
+                yield conn.recv()
+        except (EOFError, OSError):
+            self.procs[i].join(timeout=5)
+            raise RuntimeError(
+                f"extraction worker {self.procs[i].name} died (exit code {self.procs[i].exitcode}) while making "
+                f"{', '.join(self.out[i]) or 'no unit'} of {self.split}; out of memory? Run with "
+                "extract.workers=0 to see the error in this process") from None
+
+    def _result(self, i: int, message: tuple) -> None:
+        kind, key = message[0], message[1]
+        self.out[i].remove(key)
+        if key in self.dropped:
+            self.dropped.discard(key)
+        elif kind == "failed":
+            raise message[2]
+        else:
+            self.done[key] = (kind, *message[2:])
+
+    def _features(self, images: list) -> tuple[list, float]:
+        """Patch grids of ``images`` from this process's backbone, several in one forward pass when
+        they arrive together (``features_batch``: bit-identical to one at a time on the CPU, measured
+        in tests/test_backbones_batch.py; on a GPU see make bench-gpu); (grids, seconds)."""
+        import torch
+
+        start = time.perf_counter()
+        backbone = self.extractor.backbone
+        with torch.inference_mode():
+            grids = backbone.features_batch(images) if len(images) > 1 else [backbone.features(images[0])]
+        seconds = time.perf_counter() - start
+        self.served_seconds += seconds
+        return grids, seconds
 
     def _call(self, method: str, *args) -> tuple:
         """A worker's network call, answered with this process's models: (value, seconds)."""
@@ -272,7 +308,7 @@ def _masks(extractor, rgb):
     return source.generate(rgb)
 
 
-NETWORK_CALLS = {"features": _features, "meta": _meta, "masks": _masks}
+NETWORK_CALLS = {"features": _features, "meta": _meta, "masks": _masks}  # features: batched in _answer_one
 
 
 def network_source_name(source: str) -> bool:

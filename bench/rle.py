@@ -13,7 +13,20 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 
-def mask_runs(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def mask_pixels(masks: np.ndarray) -> np.ndarray:
+    """(R, H, W) bool -> (N,) int64 flat indices ``r * H * W + y * W + x`` of every mask's pixels,
+    sorted: the one pass over the stack that the RLEs, areas (``mask_areas``) and class histograms
+    (``bench.labels.class_histogram``) of a unit share (~5 ms for 106 masks at 512x683)."""
+    return np.flatnonzero(masks)
+
+
+def mask_areas(masks: np.ndarray, pixels: np.ndarray | None = None) -> np.ndarray:
+    """(R, H, W) bool -> (R,) int64 pixel counts, from ``mask_pixels`` (computed if not given)."""
+    pixels = mask_pixels(masks) if pixels is None else pixels
+    return np.bincount(pixels // max(masks.shape[1] * masks.shape[2], 1), minlength=len(masks)).astype(np.int64)
+
+
+def mask_runs(masks: np.ndarray, pixels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(R, H, W) bool -> (starts (M,), ends (M,)) int64: the runs of ones of every mask in COCO's
     column-major order, as flat indices ``r * H * W + x * H + y`` (ends inclusive), sorted.
 
@@ -24,7 +37,7 @@ def mask_runs(masks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     count, height, width = masks.shape
     area = height * width
     flat = masks.reshape(-1)
-    pixels = np.flatnonzero(masks)  # (N,) r * area + y * width + x, sorted: the one pass over the stack
+    pixels = mask_pixels(masks) if pixels is None else pixels  # (N,) r * area + y * width + x, sorted
     # whether the pixel above and below is in the mask, read from the stack (clip: the first and last
     # pixels' neighbours are off the stack); wrong in a mask's top and bottom rows (they read the
     # neighbouring mask), which are found by bisection rather than by dividing every pixel index
@@ -103,13 +116,14 @@ def rle_strings(counts: np.ndarray, lengths: np.ndarray) -> list[str]:
     return [text[end - n:end] for end, n in zip(ends.tolist(), per_mask.tolist())]
 
 
-def encode_rles(masks: np.ndarray) -> list[dict]:
-    """(R, H, W) bool (or 0/1) -> R COCO RLEs ``{"size": [H, W], "counts": str}``, equal to pycocotools'."""
+def encode_rles(masks: np.ndarray, pixels: np.ndarray | None = None) -> list[dict]:
+    """(R, H, W) bool (or 0/1) -> R COCO RLEs ``{"size": [H, W], "counts": str}``, equal to pycocotools'.
+    ``pixels``: the stack's ``mask_pixels``, if already computed."""
     masks = np.asarray(masks, dtype=bool)  # mask_runs negates values read from the stack: 0/1 ints would not do
     count, height, width = masks.shape
     if count == 0:
         return []
-    starts, ends = mask_runs(masks)
+    starts, ends = mask_runs(masks, pixels)
     counts, lengths = run_counts(starts, ends, count, height * width)
     return [{"size": [height, width], "counts": s} for s in rle_strings(counts, lengths)]
 

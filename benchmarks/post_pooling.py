@@ -101,12 +101,12 @@ def post_pooling_reference(inputs: dict) -> dict:
 
 # ----------------------------------------------------------------------------- ours
 def post_pooling(inputs: dict) -> dict:
-    """Extractor.sample after pooling, as bench.extraction runs it for a segmentation unit."""
-    masks = inputs["masks"]
-    extractor = SimpleNamespace(num_classes=NUM_CLASSES, ignore_index=IGNORE_INDEX)
-    members, extra = segmentation.unit_members(extractor, inputs["key"], masks, inputs["label"])
-    return shards.encode_sample(inputs["key"], feats=inputs["feats"], rles=encode_rles(masks),
-                                areas=masks.sum(axis=(1, 2)), meta={**inputs["meta"], **extra}, members=members)
+    """Extractor.sample after pooling (``Extractor.encode``) for a segmentation unit."""
+    from bench.extraction import Extractor
+
+    extractor = SimpleNamespace(num_classes=NUM_CLASSES, ignore_index=IGNORE_INDEX, task=segmentation.TASK)
+    return Extractor.encode(extractor, inputs["key"], inputs["feats"], inputs["masks"], inputs["label"],
+                            inputs["meta"])[0]
 
 
 # ----------------------------------------------------------------------------- inputs and rows

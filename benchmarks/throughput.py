@@ -98,37 +98,77 @@ def matmul_rows(runs: int = 5) -> list[dict]:
 STAGES = ("decode", "regions", "features", "pooling", "encode", "write")
 
 
-def extraction(num_train: int = 64, num_val: int = 16) -> dict:
-    """Images/s of a fresh quickstart region-cell extraction and its per-stage ms per image."""
+def pre_issue_17():
+    """The extraction code as it was before issue 17, patched in for the reference run: the one-hot
+    class histogram, pycocotools' RLEs on an (H, W, R) Fortran copy, ``masks.sum`` areas, no shared
+    pixel pass (benchmarks/post_pooling.py keeps those functions). Runs with extract.workers=0."""
+    from contextlib import ExitStack
+    from unittest import mock
+
+    from bench import extraction
+    from bench.tasks import segmentation
+    from benchmarks import post_pooling
+
+    stack = ExitStack()
+    stack.enter_context(mock.patch.object(segmentation, "class_histogram",
+                                          lambda masks, label, c, ignore, pixels=None:
+                                          post_pooling.class_histogram_reference(masks, label, c, ignore)))
+    stack.enter_context(mock.patch.object(extraction, "encode_rles",
+                                          lambda masks, pixels=None: post_pooling.encode_rles_reference(masks)))
+    stack.enter_context(mock.patch.object(extraction, "mask_areas", lambda masks, pixels=None: masks.sum(axis=(1, 2))))
+    stack.enter_context(mock.patch.object(extraction, "mask_pixels", lambda masks: None))
+    return stack
+
+
+def extract_once(tmp: str, run: str, overrides: list[str]) -> dict:
+    """One fresh extraction of the quickstart region cell into ``tmp/run``; images/s, the backbone's
+    busy fraction (its seconds over the wall time), CPU ms per image per stage, the tars' sha256."""
+    import hashlib
+
     from bench import shards
-    from bench.config import cell_configs, load_config
+    from bench.config import load_config
     from bench.extract import extract
+
+    cfg = load_config(["experiment=quickstart", "cell=region_linear/minivoc", f"paths.data_root={tmp}/{run}",
+                       f"dataset.root={tmp}/minivoc", f"paths.results_root={tmp}/results", "regions.cache=null",
+                       "extract.feature_cache=null", "extract.progress=false", *overrides])
+    start = time.perf_counter()
+    manifests = extract(cfg)
+    wall = time.perf_counter() - start
+    stage, images, backbone, digests = dict.fromkeys(STAGES, 0.0), 0, 0.0, {}
+    for where, manifest in manifests.items():
+        split_dir = Path(where)
+        for entry in manifest["shards"]:
+            full = shards.read_entry(split_dir, entry["name"])
+            stage["write"] += full.write_seconds
+            digests[f"{split_dir.name}/{entry['name']}"] = hashlib.sha256((split_dir / f"{entry['name']}.tar")
+                                                                          .read_bytes()).hexdigest()
+            for stats in full.stats.values():
+                images += 1
+                backbone += stats["backbone_seconds"]
+                for key, seconds in stats["stage_seconds"].items():
+                    stage[key] += seconds
+    return {"images": images, "seconds": wall, "images_per_s": images / wall, "backbone_busy": backbone / wall,
+            "ms_per_image": {k: 1000 * v / images for k, v in stage.items()}, "sha256": digests}
+
+
+def extraction(num_train: int = 300, num_val: int = 100, workers="auto") -> dict:
+    """The quickstart default's region-cell extraction (MiniVOC 320x240, 300 + 100 images, SLIC, the
+    colour-texture backbone, mean pooling; caches off so every stage runs): ours (extract.workers=auto)
+    against the pre-issue-17 code in one process (``pre_issue_17``), in this process, on the same
+    images. The two must write the same bytes."""
+    from bench.config import load_config
     from datamodules.datasets import prepare_dataset
 
     with tempfile.TemporaryDirectory(prefix="regionbench-extract-") as tmp:
-        cfg = load_config(["experiment=quickstart", "cell=region_linear/minivoc", f"paths.data_root={tmp}",
-                           f"paths.results_root={tmp}/results", f"dataset.generate.num_train={num_train}",
-                           f"dataset.generate.num_val={num_val}", "regions.cache=null",
-                           "extract.feature_cache=null", "extract.progress=false"])
-        (ccfg,) = cell_configs(cfg).values()
-        prepare_dataset(ccfg.dataset)  # generating MiniVOC is not part of extraction
-        start = time.perf_counter()
-        manifests = extract(cfg)
-        wall = time.perf_counter() - start
-        stage = dict.fromkeys(STAGES, 0.0)
-        images = 0
-        for where, manifest in manifests.items():
-            split_dir = Path(where)
-            for entry in manifest["shards"]:
-                full = shards.read_entry(split_dir, entry["name"])
-                stage["write"] += full.write_seconds
-                for stats in full.stats.values():
-                    images += 1
-                    for key, seconds in stats["stage_seconds"].items():
-                        stage[key] += seconds
-    ms = {k: 1000 * v / images for k, v in stage.items()}
-    ms["other"] = 1000 * wall / images - sum(ms.values())
-    return {"images": images, "seconds": wall, "images_per_s": images / wall, "ms_per_image": ms,
+        sizes = [f"dataset.generate.num_train={num_train}", f"dataset.generate.num_val={num_val}"]
+        prepare_dataset(load_config(["experiment=quickstart", f"dataset.root={tmp}/minivoc", *sizes]).dataset)
+        with pre_issue_17():
+            reference = extract_once(tmp, "reference", [*sizes, "extract.workers=0"])
+        ours = extract_once(tmp, "ours", [*sizes, f"extract.workers={workers}"])
+    if ours.pop("sha256") != reference.pop("sha256"):
+        raise AssertionError("the pipelined extraction wrote other bytes than the pre-issue-17 code")
+    return {**ours, "reference": reference, "speedup": ours["images_per_s"] / reference["images_per_s"],
             "config": "quickstart region_linear/minivoc: MiniVOC 320x240, SLIC 300, colortexture, mean pooling"}
 
 

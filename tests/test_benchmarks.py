@@ -75,11 +75,26 @@ def test_every_decoder_trains_a_step():
     assert all("error" not in r and r["regions_per_s"] > 0 for r in rows), rows
 
 
-def test_extraction_reports_every_stage():
-    result = throughput.extraction(num_train=4, num_val=2)
-    assert result["images"] == 6 and result["images_per_s"] > 0
-    assert set(result["ms_per_image"]) == {*throughput.STAGES, "other"}
-    assert all(v >= 0 for k, v in result["ms_per_image"].items() if k != "other")
+def test_extraction_compares_the_pipeline_with_the_pre_issue_code_on_the_same_bytes():
+    """Two workers against the pre-issue-17 code in one process (extraction() raises if their shard
+    bytes differ); every stage reported, the backbone's busy fraction a fraction."""
+    result = throughput.extraction(num_train=4, num_val=2, workers=2)
+    assert result["images"] == result["reference"]["images"] == 6
+    assert result["speedup"] == result["images_per_s"] / result["reference"]["images_per_s"]
+    assert set(result["ms_per_image"]) == set(throughput.STAGES)
+    assert all(v >= 0 for v in result["ms_per_image"].values()) and 0 < result["backbone_busy"] < 1
+
+
+def test_the_pre_issue_code_is_really_patched_in_for_the_reference():
+    from bench import extraction
+    from benchmarks import post_pooling
+
+    masks = np.zeros((2, 4, 5), dtype=bool)
+    masks[0, 1:3, 2:4] = masks[1, 0, :] = True
+    with throughput.pre_issue_17():
+        assert extraction.mask_pixels(masks) is None
+        assert extraction.encode_rles(masks, None) == post_pooling.encode_rles_reference(masks)
+    assert extraction.mask_pixels(masks) is not None
 
 
 def test_tiny_case_is_deterministic():

@@ -130,3 +130,32 @@ def test_a_worker_killed_by_the_system_stops_the_extraction_naming_it(tiny_root,
     out, err = proc.communicate(timeout=120)
     assert proc.returncode != 0
     assert "extraction worker regionbench-extract-" in err and "died (exit code -9)" in err, err[-2000:]
+
+
+def test_feature_calls_that_arrive_together_are_one_batch_with_the_same_bytes(tiny_root, tmp_path, monkeypatch):
+    """extract.backbone_batch=4 with three workers: the backbone sees batches (features_batch is
+    called with several images) and the shards equal the one-process ones. The backbone is made slow
+    (as a large one is: 0.2 s a call) so that the workers' calls queue up while it runs."""
+    from bench.backbones import ColorTextureBackbone
+
+    sizes = []
+    single, batched = ColorTextureBackbone.features, ColorTextureBackbone.features_batch
+
+    def slow(self, image):
+        time.sleep(0.2)
+        return single(self, image)
+
+    def counting(self, images):
+        sizes.append(len(images))
+        time.sleep(0.2)
+        return batched(self, images)
+
+    monkeypatch.setattr(ColorTextureBackbone, "features", slow)
+    monkeypatch.setattr(ColorTextureBackbone, "features_batch", counting)
+    cfg = tiny_config(tiny_root, "extract.workers=3", "extract.backbone_batch=4", f"paths.data_root={tmp_path}",
+                      "extract.feature_cache=null", "regions.cache=null", "cell=region_linear/minivoc",
+                      f"dataset.root={tiny_config(tiny_root).dataset.root}")
+    extract(cfg)
+    assert sizes and max(sizes) > 1, sizes
+    for split in ("train", "val"):
+        assert tars(shard_dir(cfg) / split) == tars(shard_dir(tiny_config(tiny_root)) / split)

@@ -52,8 +52,8 @@ def test_shared_stages_import_no_task_and_a_lightning_module_no_extraction_stack
 TOY_MEMBERS = (*segmentation.MEMBERS, "depth.npy")
 
 
-def toy_members(extractor, key: str, masks: np.ndarray, label: np.ndarray) -> tuple[dict, dict]:
-    members, _ = segmentation.unit_members(extractor, key, masks, label)
+def toy_members(extractor, key: str, masks: np.ndarray, label: np.ndarray, pixels=None) -> tuple[dict, dict]:
+    members, _ = segmentation.unit_members(extractor, key, masks, label, pixels)
     return {**members, "depth.npy": label.astype(np.float32) / 10}, {"scene": key[:6]}
 
 

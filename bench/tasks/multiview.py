@@ -115,10 +115,11 @@ def check_unit(key: str, rgb: np.ndarray, annotation: dict) -> None:
         raise ValueError(f"label of frame '{key}' is {annotation['label'].shape} but its image is {rgb.shape[:2]}")
 
 
-def unit_members(extractor, key: str, masks: np.ndarray, annotation: dict) -> tuple[dict, dict]:
+def unit_members(extractor, key: str, masks: np.ndarray, annotation: dict,
+                 pixels: np.ndarray | None = None) -> tuple[dict, dict]:
     """Segmentation's hist.npy and label.png, and the regions' 2D and 3D positions."""
     label, c = annotation["label"], extractor.num_classes
-    hist = class_histogram(masks, label, c, extractor.ignore_index) if len(masks) else np.zeros((0, c + 1), np.int32)
+    hist = class_histogram(masks, label, c, extractor.ignore_index, pixels)
     pos3d, valid = region_positions_3d(masks, annotation["depth"], annotation["K_color"], annotation["K_depth"],
                                        annotation["pose"])
     pos3d[valid, :3] -= annotation["centre"].astype(np.float32)

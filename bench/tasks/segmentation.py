@@ -41,10 +41,11 @@ def check_unit(key: str, rgb: np.ndarray, label: np.ndarray) -> None:
         raise ValueError(f"label of '{key}' is {label.shape} but its image is {rgb.shape[:2]}")
 
 
-def unit_members(extractor, key: str, masks: np.ndarray, label: np.ndarray) -> tuple[dict, dict]:
+def unit_members(extractor, key: str, masks: np.ndarray, label: np.ndarray,
+                 pixels: np.ndarray | None = None) -> tuple[dict, dict]:
     """hist.npy: (R, C+1) class pixel counts of each region (last column: ignore); label.png."""
     c = extractor.num_classes
-    hist = class_histogram(masks, label, c, extractor.ignore_index) if len(masks) else np.zeros((0, c + 1), np.int32)
+    hist = class_histogram(masks, label, c, extractor.ignore_index, pixels)
     return {"hist.npy": hist.astype(np.int32), "label.png": label}, {}
 
 

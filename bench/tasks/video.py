@@ -30,7 +30,7 @@ from bench import runs, shards
 from bench.geometry import region_positions_2d
 from bench.images import to_rgb8
 from bench.pooling import pool_regions
-from bench.rle import encode_rles
+from bench.rle import encode_rles, mask_areas
 from bench.tasks.base import Task
 from datamodules import kinetics
 
@@ -122,7 +122,7 @@ def sample_clip(extractor, key: str, frames: np.ndarray, annotation: dict) -> tu
         stats.append({**frame_stats, "features_cached": cached, "backbone_seconds": backbone_seconds,
                       "frame_seconds": time.perf_counter() - start})
     feats, masks, frame_of = np.concatenate(feats), np.concatenate(masks), np.concatenate(frame_of)
-    areas = masks.sum(axis=(1, 2))
+    areas = mask_areas(masks)
     keep = cap_tokens(areas, frame_of, annotation["max_tokens"])
     cut = len(areas) - len(keep)
     feats, masks, frame_of, areas = feats[keep], masks[keep], frame_of[keep], areas[keep]
