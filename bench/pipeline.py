@@ -39,10 +39,14 @@ DEPTH = 2  # units handed to each worker ahead of its results: the next one is t
 
 def worker_count(setting, units: int) -> int:
     """Workers for a split with ``units`` left to extract: ``extract.workers`` as a number, or ``auto``
-    (one per CPU core this process may use, at most 8; none for fewer than AUTO_MIN_UNITS units)."""
+    (this process's share of the CPU cores it may use — torchrun's LOCAL_WORLD_SIZE or SLURM's tasks
+    per node start that many extractions on one machine — at most 8; none for fewer than
+    AUTO_MIN_UNITS units)."""
     if setting == "auto":
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        return 0 if units < AUTO_MIN_UNITS else min(cores, 8)
+        env = os.environ
+        local = int(env.get("LOCAL_WORLD_SIZE") or env.get("SLURM_NTASKS_PER_NODE", "1").split("(")[0] or 1)
+        return 0 if units < AUTO_MIN_UNITS else max(1, min(cores // max(local, 1), 8))
     if not isinstance(setting, int) or isinstance(setting, bool) or setting < 0:
         raise ValueError(f"extract.workers={setting!r}: a number >= 0 or auto")
     return setting

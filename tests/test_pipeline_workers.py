@@ -159,3 +159,28 @@ def test_feature_calls_that_arrive_together_are_one_batch_with_the_same_bytes(ti
     assert sizes and max(sizes) > 1, sizes
     for split in ("train", "val"):
         assert tars(shard_dir(cfg) / split) == tars(shard_dir(tiny_config(tiny_root)) / split)
+
+
+def test_auto_shares_the_cores_among_the_extractions_started_on_one_machine(monkeypatch):
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    monkeypatch.delenv("SLURM_NTASKS_PER_NODE", raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(2 * cores))  # more ranks than cores: still one worker each
+    assert worker_count("auto", 1000) == 1
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    monkeypatch.setenv("SLURM_NTASKS_PER_NODE", "1(x2)")  # SLURM's repeated-count syntax
+    assert worker_count("auto", 1000) == min(cores, 8)
+
+
+def test_torchrun_ranks_with_workers_write_the_bytes_of_one_process(tiny_root, tmp_path):
+    """torchrun --nproc_per_node=2, each rank with two workers: rank r writes shards r, r+2, ...; the
+    last merges the manifest; the tars equal the one-process extraction's."""
+    target = tmp_path / "shards"
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+                          "-m", "bench.extract", "experiment=quickstart", "cell=region_linear/minivoc",
+                          *tiny_overrides(tiny_root), f"extract.shard_dir={target}", "extract.workers=2"],
+                         cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    reference = shard_dir(tiny_config(tiny_root))
+    for split in ("train", "val"):
+        assert tars(target / split) == tars(reference / split)
+        assert load_manifest(target / split)["num_samples"] == load_manifest(reference / split)["num_samples"]
