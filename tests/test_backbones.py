@@ -106,11 +106,19 @@ def test_deterministic_and_accepts_gray():
 def test_registry():
     assert BACKBONES["colortexture"] is ColorTextureBackbone
     assert set(BACKBONES) == {"colortexture", "dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14", "dinov2_vitg14",
-                              "dino_vitb16", "imagenet_vitl", "clip_vitb32", "maskclip_vitl14"}
+                              "dino_vitb16", "imagenet_vitl", "clip_vitb32", "maskclip_vitl14",
+                              "dinov2_vits14_reg", "dinov2_vitb14_reg", "dinov2_vitl14_reg", "dinov2_vitg14_reg",
+                              "dinov3_vits16", "dinov3_vits16plus", "dinov3_vitb16", "dinov3_vitl16", "dinov3_vith16plus",
+                              "dinov3_vit7b16", "siglip2_vitb16", "siglip2_vitb16_256", "siglip2_vitb16_384",
+                              "siglip2_vitb16_512", "siglip2_vitl16_256", "siglip2_vitl16_384", "siglip2_vitl16_512",
+                              "siglip2_so400m14", "siglip2_so400m14_378", "siglip2_so400m16_256", "siglip2_so400m16_384",
+                              "siglip2_so400m16_512", "siglip2_gopt16_256", "siglip2_gopt16_384", "radio_v3_vitb16",
+                              "radio_v3_vitl16", "radio_v3_vith16", "radio_v3_vitg16", "radio_v4_so400m16",
+                              "radio_v4_vith16"}
     backbone = build_backbone("colortexture", patch_size=16, orientation_bins=6)
     assert (backbone.patch_size, backbone.embed_dim) == (16, 7 + 4 * 6 + 10)
     assert backbone.features(_random_image(33, 17)).shape == (backbone.embed_dim, 3, 2)
     with pytest.raises(ValueError, match="valid names.*colortexture"):
-        build_backbone("dinov3_vitl16")
+        build_backbone("dinov4_vitl16")
     with pytest.raises(ValueError, match="patch_size"):
         ColorTextureBackbone(patch_size=1)

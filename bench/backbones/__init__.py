@@ -171,7 +171,10 @@ class ColorTextureBackbone:
 
 
 # The ViT families live in their own modules (weights only ever from a local file).
-from bench.backbones.vit import VIT_FAMILY  # noqa: E402
+from bench.backbones.dinov3 import DINOV3_FAMILY  # noqa: E402
+from bench.backbones.radio import RADIO_FAMILY  # noqa: E402
+from bench.backbones.siglip import SIGLIP_FAMILY  # noqa: E402
+from bench.backbones.vit import DINOV2_REG_FAMILY, VIT_FAMILY  # noqa: E402
 
 CLIP_NAMES = ("clip_vitb32", "maskclip_vitl14")  # bench.backbones.clip.CLIP_FAMILY's keys
 
@@ -191,6 +194,10 @@ def _clip(name: str):
 BACKBONES = {
     "colortexture": ColorTextureBackbone,
     **VIT_FAMILY,  # dinov2_vits14 / vitb14 / vitl14 / vitg14, dino_vitb16, imagenet_vitl
+    **DINOV2_REG_FAMILY,  # dinov2_vit{s,b,l,g}14_reg: DINOv2 with 4 registers (dropped from the grid)
+    **DINOV3_FAMILY,  # dinov3_vit{s,s+,b,l,h+}16, dinov3_vit7b16: RoPE, 4 registers (timm's Eva)
+    **SIGLIP_FAMILY,  # siglip2_*: SigLIP 2 trunks (open_clip files), patch tokens, no class token
+    **RADIO_FAMILY,  # radio_v3_* / radio_v4_*: C-RADIO (NVIDIA's or timm's files), registers dropped
     **{name: _clip(name) for name in CLIP_NAMES},  # clip_vitb32 (full-resolution grid), maskclip_vitl14 (fixed
                                                   # positional embedding)
 }

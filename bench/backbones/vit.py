@@ -1,4 +1,5 @@
-"""ViT backbones (DINOv2, DINO, supervised ImageNet) from timm's ``VisionTransformer`` and a local weights file.
+"""ViT backbones (DINOv2 with and without registers, DINO, supervised ImageNet) from timm's ``VisionTransformer``
+and a local weights file.
 
 A backbone is a name, a weights file and its preprocessing: ``VIT_BACKBONES`` maps each name to
 the timm architecture, patch size, width, depth, mean/std, the official file and where it is
@@ -10,7 +11,10 @@ weights come from ``checkpoint``, a local path.
 
 Checkpoint formats, told apart by their keys:
   official DINOv2  ``mask_token`` present (ViT-g: SwiGLU ``mlp.w12/w3``); mapped to timm names by
-                   timm's own ``_convert_dinov2`` (drops ``mask_token``, w12/w3 -> fc1/fc2)
+                   timm's own ``_convert_dinov2`` (drops ``mask_token``, w12/w3 -> fc1/fc2). With registers
+                   (``*_reg4_pretrain.pth``: ``register_tokens`` (1, 4, d), ``pos_embed`` (1, 1+37*37, d))
+                   it also moves ``register_tokens`` -> ``reg_token`` and folds the class row of
+                   ``pos_embed`` into ``cls_token``, giving timm's ``no_embed_class`` layout (pos (1, 37*37, d))
   timm             timm names as they are: the official DINO file (identical to timm's ViT-B/16
                    layout) and timm's Hugging Face files (``model.safetensors``,
                    ``pytorch_model.bin``) for any row; ``head.*`` / ``pre_logits.*`` are dropped
@@ -25,14 +29,17 @@ segmentation notebook, which pads after normalising; ``pad_after_normalize=True`
 
 Features: the patch tokens of ``layers`` (default: the last block) with the final LayerNorm
 applied — DINOv2's ``get_intermediate_layers(norm=True)``, DINO's ``get_intermediate_layers`` and
-the released ImageNet hook on ``model.norm`` all do this — prefix tokens dropped, concatenated
-on channels: (d * len(layers), h, w).
+the released ImageNet hook on ``model.norm`` all do this — prefix tokens (class token and, for the
+``*_reg`` rows, the 4 registers) dropped, concatenated on channels: (d * len(layers), h, w).
 
 Position embeddings at other grid sizes (``pos_interp`` of a row):
   "dino"  as DINO/DINOv2's ``interpolate_pos_encoding`` (torch hub, what the paper ran): bicubic
           with scale factor (n + 0.1) / M, no antialiasing, the table itself at the native M x M
   "timm"  timm's ``resample_abs_pos_embed`` (bicubic, antialiased to the exact size): what the
-          released ImageNet path (timm, ``dynamic_img_size=True``) ran
+          released ImageNet path (timm, ``dynamic_img_size=True``) ran, and exactly what the official
+          DINOv2 *register* models do (their hub builders set ``interpolate_antialias=True,
+          interpolate_offset=0.0``: bicubic to ``size=(h, w)``, antialiased), so the ``*_reg`` rows use it
+  "rope"  no position table (DINOv3, ``bench.backbones.dinov3``): rotary embeddings on the grid
 They differ visibly when the grid shrinks (e.g. 37 -> 27 for a 375-pixel VOC side). "dino" is
 installed on the model instance (its ``_pos_embed``), never on timm's class.
 
@@ -81,6 +88,7 @@ class ViTRow(NamedTuple):
 
 # Where the official files are published: quoted in error messages only, never fetched.
 _DINOV2 = "https://dl.fbaipublicfiles.com/dinov2/{0}/{0}_pretrain.pth"
+_DINOV2_REG = "https://dl.fbaipublicfiles.com/dinov2/{0}/{0}_reg4_pretrain.pth"  # torch hub dinov2_*14_reg
 VIT_BACKBONES = {
     "dinov2_vits14": ViTRow("vit_small_patch14_dinov2.lvd142m", 14, 384, 12, IMAGENET_MEAN, IMAGENET_STD, 518,
                             "dinov2_vits14_pretrain.pth", _DINOV2.format("dinov2_vits14"), "dinov2", "dino"),
@@ -90,6 +98,12 @@ VIT_BACKBONES = {
                             "dinov2_vitl14_pretrain.pth", _DINOV2.format("dinov2_vitl14"), "dinov2", "dino"),
     "dinov2_vitg14": ViTRow("vit_giant_patch14_dinov2.lvd142m", 14, 1536, 40, IMAGENET_MEAN, IMAGENET_STD, 518,
                             "dinov2_vitg14_pretrain.pth", _DINOV2.format("dinov2_vitg14"), "dinov2", "dino"),
+    # DINOv2 with 4 registers: the registers have no position embedding and are dropped from the grid
+    **{f"dinov2_vit{size}14_reg": ViTRow(f"vit_{arch}_patch14_reg4_dinov2.lvd142m", 14, dim, depth, IMAGENET_MEAN,
+                                          IMAGENET_STD, 518, f"dinov2_vit{size}14_reg4_pretrain.pth",
+                                          _DINOV2_REG.format(f"dinov2_vit{size}14"), "dinov2", "timm")
+       for size, arch, dim, depth in [("s", "small", 384, 12), ("b", "base", 768, 12), ("l", "large", 1024, 24),
+                                      ("g", "giant", 1536, 40)]},
     "dino_vitb16": ViTRow("vit_base_patch16_224.dino", 16, 768, 12, IMAGENET_MEAN, IMAGENET_STD, 224,
                           "dino_vitbase16_pretrain.pth",
                           "https://dl.fbaipublicfiles.com/dino/dino_vitbase16_pretrain/dino_vitbase16_pretrain.pth",
@@ -160,14 +174,14 @@ def _dino_pos_embed(self: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
 class ViTBackbone:
     """A frozen timm ViT as a ``Backbone``: (H, W, 3) uint8 -> (embed_dim, ceil(H/p), ceil(W/p)) float32.
 
-      model                a timm VisionTransformer built with dynamic_img_size=True, weights loaded
+      model                a timm VisionTransformer (or DINOv3's Eva) built with dynamic_img_size=True, weights loaded
       mean, std            per-channel normalisation of the [0, 1] image
       layers               block indices (negative count from the end) whose tokens are concatenated
                            on channels, in this order; None = the last block. Each goes through the
                            final norm. embed_dim = model width * len(layers)
-      add_pos_embed        add the (interpolated) patch position embedding to every layer's grid
+      add_pos_embed        add the (interpolated) patch position embedding to every layer's grid (not for "rope")
       pad_after_normalize  pad with 0 after Normalize (DINOv2 notebook) instead of before (released code)
-      pos_interp           "dino" | "timm", see the module docstring
+      pos_interp           "dino" | "timm" | "rope", see the module docstring
       device, dtype        dtype "fp32" | "bf16" | "fp16" is an autocast on CUDA; the CPU runs fp32
     """
 
@@ -177,16 +191,23 @@ class ViTBackbone:
                  dtype: str = "fp32", name: str = "vit"):
         if dtype not in DTYPES:
             raise ValueError(f"unknown dtype '{dtype}'; valid: {sorted(DTYPES)}")
-        if pos_interp not in ("dino", "timm"):
-            raise ValueError(f"unknown pos_interp '{pos_interp}'; valid: 'dino', 'timm'")
+        if pos_interp not in ("dino", "timm", "rope"):
+            raise ValueError(f"unknown pos_interp '{pos_interp}'; valid: 'dino', 'timm', 'rope'")
         depth = len(model.blocks)
         layers = [depth - 1] if layers is None else list(layers)
         bad = [i for i in layers if not -depth <= i < depth]
         if not layers or bad:
             raise ValueError(f"{name} has {depth} blocks (indices 0..{depth - 1}); layers={layers} "
                              f"is {'empty' if not layers else f'out of range at {bad}'}")
-        if model.num_prefix_tokens != 1 or model.no_embed_class:
-            raise ValueError(f"{name}: expected a ViT with one class token sharing the position table")
+        if model.cls_token is None:
+            raise ValueError(f"{name}: expected a ViT with a class token")
+        if pos_interp == "dino" and (model.num_prefix_tokens != 1 or model.no_embed_class):
+            raise ValueError(f"{name}: pos_interp 'dino' needs one class token sharing the position table")
+        if (pos_interp == "rope") != (model.pos_embed is None):
+            raise ValueError(f"{name}: pos_interp '{pos_interp}' does not fit a model "
+                             f"{'without' if model.pos_embed is None else 'with'} a position table")
+        if add_pos_embed and pos_interp == "rope":
+            raise ValueError(f"{name} has rotary position embeddings, no table to add: add_pos_embed must be false")
         self.name, self.pos_interp = name, pos_interp
         self.layers = [i % depth for i in layers]
         self.add_pos_embed, self.pad_after_normalize = add_pos_embed, pad_after_normalize
@@ -209,7 +230,8 @@ class ViTBackbone:
 
     def pos_embed_grid(self, h: int, w: int) -> torch.Tensor:
         """(d, h, w) float32: the patch position embedding the model adds on an h x w grid."""
-        patch_pos = interpolate_patch_pos_embed(self.model.pos_embed[:, 1:], (h, w), self.pos_interp)
+        first = 0 if self.model.no_embed_class else self.model.num_prefix_tokens  # reg rows: patches only
+        patch_pos = interpolate_patch_pos_embed(self.model.pos_embed[:, first:], (h, w), self.pos_interp)
         return patch_pos.float().reshape(h, w, -1).permute(2, 0, 1)
 
     @torch.no_grad()  # not inference_mode: callers may modify the returned grid in place
@@ -248,7 +270,7 @@ class ViTBackbone:
         autocast = (torch.autocast("cuda", dtype=DTYPES[self.dtype])
                     if self.device.type == "cuda" and self.dtype != "fp32" else nullcontext())
         with autocast:
-            tokens = self.model.forward_features(x)  # (1, 1 + h*w, width), final norm applied
+            tokens = self.model.forward_features(x)  # (1, prefix + h*w, width), class token first, final norm
         return tokens[0, 0].float().cpu()
 
 
@@ -368,21 +390,28 @@ def to_official_keys(name: str, state: dict[str, torch.Tensor]) -> dict[str, tor
     if _row(name).official_format != "dinov2":
         return dict(state)
     official = {re.sub(r"\.mlp\.fc1\.", ".mlp.w12.", re.sub(r"\.mlp\.fc2\.", ".mlp.w3.", key))
-                if name == "dinov2_vitg14" else key: value for key, value in state.items()}
+                if name.startswith("dinov2_vitg14") else key: value for key, value in state.items()}
     official["mask_token"] = torch.randn(1, state["cls_token"].shape[-1]) * 0.02  # (1, d), unused at inference
+    if "reg_token" in official:  # the inverse of _convert_dinov2's register branch
+        cls_pos = torch.randn_like(official["cls_token"]) * 0.02  # (1, 1, d): the class token's position row
+        official["register_tokens"] = official.pop("reg_token")
+        official["cls_token"] = official["cls_token"] - cls_pos
+        official["pos_embed"] = torch.cat([cls_pos, official["pos_embed"]], dim=1)  # (1, 1 + M*M, d)
     return official
 
 
 def random_vit(name: str, tiny: bool = True) -> VisionTransformer:
     """The timm model of ``name`` with random weights from the global RNG, as ``save_random_checkpoint``
     writes them: layer-scale gammas in [0.1, 0.5] (timm inits 1e-5, which would make every block
-    almost the identity) and a class token of std 0.02."""
+    almost the identity) and a class token (and registers) of std 0.02."""
     model = create_vit(name, tiny)
     with torch.no_grad():
         for key, value in model.state_dict().items():  # state_dict order: the file's RNG order
             if key.endswith(".gamma"):
                 value.copy_(0.1 + 0.4 * torch.rand_like(value))
         model.cls_token.copy_(torch.randn_like(model.cls_token) * 0.02)
+        if model.reg_token is not None:  # timm inits registers at std 1e-6: make them differ
+            model.reg_token.copy_(torch.randn_like(model.reg_token) * 0.02)
     return model
 
 
@@ -403,4 +432,7 @@ def save_random_checkpoint(name: str, path: str | Path, tiny: bool = True, seed:
     return path
 
 
-VIT_FAMILY = {name: partial(load_vit_backbone, name) for name in VIT_BACKBONES}
+# The register rows are their own registry entry, so that adding them to ``BACKBONES`` is one visible line.
+REG_NAMES = tuple(name for name in VIT_BACKBONES if name.endswith("_reg"))
+VIT_FAMILY = {name: partial(load_vit_backbone, name) for name in VIT_BACKBONES if name not in REG_NAMES}
+DINOV2_REG_FAMILY = {name: partial(load_vit_backbone, name) for name in REG_NAMES}

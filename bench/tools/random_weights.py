@@ -3,7 +3,8 @@
     python -m bench.tools.random_weights [DIR]      # default: $REGIONBENCH_DATA/checkpoints/random (or data/...)
 
 Each file is built from the real architecture classes (a 2-block toy encoder for SAM and
-HQ-SAM, MobileSAM's TinyViT, SAM 2.1 Hiera-T), seeded, and saved exactly as the official
+HQ-SAM, MobileSAM's TinyViT, SAM 2.1 Hiera-T, 2-block width-48 backbones: DINO/DINOv2 (also with registers),
+DINOv3, ImageNet ViT, CLIP), seeded, and saved exactly as the official
 checkpoint of that family is (raw state_dict; ``{"model": ...}`` for SAM 2), so it loads through
 the same path a real checkpoint takes. Masks from random weights are meaningless: experiments
 that use these files say so (e.g. the ``minivoc`` column of table1_region_generation).
@@ -20,7 +21,7 @@ import sys
 from pathlib import Path
 
 from bench.atomic import atomic_path
-from bench.backbones import clip as backbones_clip, vit as backbones_vit
+from bench.backbones import clip as backbones_clip, dinov3 as backbones_dinov3, vit as backbones_vit
 from bench.regions import sam as regions_sam, sam2 as regions_sam2
 
 # file name -> how to make it
@@ -31,7 +32,12 @@ RANDOM_CHECKPOINTS = {
     "sam2.1_hiera_tiny_random.pt": lambda p: regions_sam2.save_random_checkpoint("hiera_t", "2.1", p),
     # tiny ViTs (2 blocks, width 48) in each backbone's official format
     **{f"{name}_tiny_random.pth": (lambda name: lambda p: backbones_vit.save_random_checkpoint(name, p, tiny=True))(name)
-       for name in ("dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14", "dinov2_vitg14", "dino_vitb16")},
+       for name in ("dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14", "dinov2_vitg14", "dino_vitb16",
+                    *backbones_vit.REG_NAMES)},
+    # tiny DINOv3 ViTs in the official facebookresearch/dinov3 layout
+    **{f"{name}_tiny_random.pth":
+       (lambda name: lambda p: backbones_dinov3.save_random_checkpoint(name, p, tiny=True))(name)
+       for name in backbones_dinov3.DINOV3_BACKBONES},
     "imagenet_vitl_tiny_random.safetensors":
         lambda p: backbones_vit.save_random_checkpoint("imagenet_vitl", p, tiny=True),
     "clip_vitb32_tiny_random.pt": lambda p: backbones_clip.save_random_checkpoint("clip_vitb32", p, tiny=True),
