@@ -11,6 +11,20 @@ from pathlib import Path
 import torch
 
 
+def save_state_dict(state: dict, path: str | Path) -> Path:
+    """Write a state dict as the file format its suffix names: safetensors (``.safetensors``, tensors
+    made contiguous) or ``torch.save``; the parent folder is created. Returns the path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:
+        torch.save(state, path)
+    return path
+
+
 def read_checkpoint(path: Path, mmap: bool = False, also: str = ""):
     """The object stored in ``path``: a ``.safetensors`` file as a state dict, anything else through
     ``torch.load(weights_only=True)`` on the CPU (``mmap``: tensors stay on disk until touched).

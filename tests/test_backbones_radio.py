@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from bench.backbones.radio import RADIO_BACKBONES, RADIO_FAMILY, load_radio_backbone, save_random_checkpoint
+from tests.backbone_contract import check_grid_contract
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # OpenAI's, written out independently
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -100,14 +101,7 @@ def test_wrong_implementation_is_caught(ckpt):
 @pytest.mark.parametrize("size", [(37, 53), (70, 45), (16, 17)])
 def test_shape_batch_and_determinism(ckpt, size):
     backbone = RADIO_FAMILY["radio_v3_vitb16"](checkpoint=ckpt["radio_v3_vitb16", "nvidia"])
-    first = backbone.features(image(*size))
-    assert backbone.patch_size == 16 and backbone.embed_dim == 64
-    assert first.shape == (64, -(-size[0] // 16), -(-size[1] // 16)) and first.dtype == torch.float32
-    assert torch.equal(first, backbone.features(image(*size)))
-    images = [image(*size), image(40, 40, seed=3), image(*size, seed=4)]
-    for batched, single in zip(backbone.features_batch(images), images):
-        torch.testing.assert_close(batched, backbone.features(single), atol=1e-5, rtol=1e-5)
-    assert not backbone.model.training and not any(q.requires_grad for q in backbone.model.parameters())
+    check_grid_contract(backbone, image, size, patch=16, dim=64)
 
 
 def test_both_layouts_load_the_same_weights(ckpt):

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.backbones.siglip import SIGLIP_BACKBONES, SIGLIP_FAMILY, load_siglip_backbone, save_random_checkpoint
+from tests.backbone_contract import check_grid_contract
 
 NAME = "siglip2_vitb16_256"  # open_clip ViT-B-16-SigLIP2-256, trunk vit_base_patch16_siglip_256 (16x16 table)
 
@@ -116,14 +117,7 @@ def test_wrong_implementation_is_caught(ckpt):
 @pytest.mark.parametrize("size", [(37, 53), (70, 45), (16, 17)])
 def test_shape_batch_and_determinism(ckpt, size):
     backbone = SIGLIP_FAMILY[NAME](checkpoint=ckpt["model.safetensors"])
-    first = backbone.features(image(*size))
-    assert backbone.patch_size == 16 and backbone.embed_dim == 64
-    assert first.shape == (64, -(-size[0] // 16), -(-size[1] // 16)) and first.dtype == torch.float32
-    assert torch.equal(first, backbone.features(image(*size)))
-    images = [image(*size), image(40, 40, seed=3), image(*size, seed=4)]
-    for batched, single in zip(backbone.features_batch(images), images):
-        torch.testing.assert_close(batched, backbone.features(single), atol=1e-5, rtol=1e-5)
-    assert not backbone.model.training and not any(q.requires_grad for q in backbone.model.parameters())
+    check_grid_contract(backbone, image, size, patch=16, dim=64)
 
 
 def test_table_matches_open_clip_and_timm():

@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, NamedTuple, Sequence
 import torch
 
 from bench.backbones.vit import IMAGENET_MEAN, IMAGENET_STD, ViTBackbone, _read_state_dict, _shapes, to_timm_keys
-from bench.weights import state_dict_diff
+from bench.weights import save_state_dict, state_dict_diff
 
 if TYPE_CHECKING:
     from timm.models.eva import Eva
@@ -282,13 +282,7 @@ def save_random_checkpoint(name: str, path: str | Path, tiny: bool = True, seed:
         state = model.state_dict()
         if official:
             state = to_official_keys(state, model.blocks[0].attn.num_heads, seven_b=name == "dinov3_vit7b16")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
-        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
-    else:
-        torch.save(state, path)
-    return path
+    return save_state_dict(state, path)
 
 
 DINOV3_FAMILY = {name: partial(load_dinov3_backbone, name) for name in DINOV3_BACKBONES}

@@ -38,7 +38,7 @@ from typing import NamedTuple
 import torch
 
 from bench.backbones.siglip import TimmGridBackbone
-from bench.weights import read_checkpoint, state_dict_diff
+from bench.weights import read_checkpoint, save_state_dict, state_dict_diff
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # timm's OPENAI_CLIP_MEAN / _STD, RADIO's input conditioner
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -185,12 +185,9 @@ def save_random_checkpoint(name: str, path: str | Path, layout: str = "nvidia", 
         state = model.state_dict()
     if layout == "nvidia":
         state = to_nvidia_keys(state)
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
-    return path
+    if Path(path).suffix != ".safetensors":
+        raise ValueError(f"{path}: RADIO files are safetensors (model.safetensors)")
+    return save_state_dict(state, path)
 
 
 RADIO_FAMILY = {name: partial(load_radio_backbone, name) for name in RADIO_BACKBONES}

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from bench.backbones.batching import forward_in_groups
 from bench.images import to_rgb8
 from bench.padding import center_pad_amounts
-from bench.weights import read_checkpoint, state_dict_diff
+from bench.weights import read_checkpoint, save_state_dict, state_dict_diff
 
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)  # open_clip's pretrained cfg, every SigLIP 2 'webli' tag
 
@@ -254,14 +254,7 @@ def save_random_checkpoint(name: str, path: str | Path, seed: int = 0) -> Path:
                  **{f"text.{k}": v for k, v in text.state_dict().items()},
                  "logit_scale": torch.tensor(np.log(10.0), dtype=torch.float32),
                  "logit_bias": torch.tensor(-10.0)}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
-        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
-    else:
-        torch.save(state, path)
-    return path
+    return save_state_dict(state, path)
 
 
 SIGLIP_FAMILY = {name: partial(load_siglip_backbone, name) for name in SIGLIP_BACKBONES}

@@ -64,7 +64,7 @@ import torch.nn.functional as F
 from bench.backbones.batching import forward_in_groups
 from bench.padding import center_pad_amounts
 from bench.images import to_rgb8
-from bench.weights import read_checkpoint, state_dict_diff
+from bench.weights import read_checkpoint, save_state_dict, state_dict_diff
 
 if TYPE_CHECKING:
     from timm.models.vision_transformer import VisionTransformer
@@ -422,14 +422,7 @@ def save_random_checkpoint(name: str, path: str | Path, tiny: bool = True, seed:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         state = to_official_keys(name, random_vit(name, tiny).state_dict())
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
-        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
-    else:
-        torch.save(state, path)
-    return path
+    return save_state_dict(state, path)
 
 
 # The register rows are their own registry entry, so that adding them to ``BACKBONES`` is one visible line.
