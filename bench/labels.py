@@ -4,6 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from bench.rle import mask_pixels
+
 
 def class_histogram(masks: np.ndarray, label: np.ndarray, num_classes: int, ignore_index: int = 255,
                     pixels: np.ndarray | None = None) -> np.ndarray:
@@ -15,19 +17,36 @@ def class_histogram(masks: np.ndarray, label: np.ndarray, num_classes: int, igno
     """
     if masks.shape[1:] != label.shape:
         raise ValueError(f"masks are {masks.shape[1:]} but the label map is {label.shape}")
-    flat = label.reshape(-1).astype(np.int64)
+    column = _columns(label.reshape(-1), num_classes, ignore_index)  # (H*W,) the histogram column of each pixel
+    # one bincount over (mask, column) of every mask pixel: the work follows the masks' pixels, not
+    # H*W x (C+1) as a one-hot product would (~210 MB, ~130 ms per image at ADE20K size)
+    pixels = mask_pixels(masks) if pixels is None else pixels  # sorted: mask by mask
+    sizes = np.diff(np.searchsorted(pixels, np.arange(len(masks) + 1) * label.size))  # (R,) pixels per mask
+    # (N,) each pixel's cell: its mask and column, from per-mask offsets (no division per pixel)
+    cells = np.take(column, pixels - np.repeat(np.arange(len(masks)) * label.size, sizes))
+    cells += np.repeat(np.arange(len(masks)) * (num_classes + 1), sizes)
+    counts = np.bincount(cells, minlength=len(masks) * (num_classes + 1))
+    return counts.reshape(len(masks), num_classes + 1).astype(np.int32)
+
+
+def _columns(flat: np.ndarray, num_classes: int, ignore_index: int) -> np.ndarray:
+    """(P,) label values -> (P,) intp histogram columns (the class, or C for ``ignore_index``);
+    raises naming the values outside [0, C) that are not the ignore index. uint8 labels (every
+    dataset's) go through a 256-entry table, ~0.3 ms at ADE20K size instead of ~2 ms of per-pixel
+    comparisons on an int64 copy."""
+    if flat.dtype == np.uint8:
+        table = np.where(np.arange(256) < num_classes, np.arange(256), -1)
+        if 0 <= ignore_index < 256:
+            table[ignore_index] = num_classes
+        column = np.take(table, flat)
+        if flat.size == 0 or column.min() >= 0:
+            return column
+    flat = flat.astype(np.int64)
     bad = (flat != ignore_index) & ((flat < 0) | (flat >= num_classes))
     if bad.any():
         raise ValueError(f"label values {sorted(set(flat[bad].tolist()))[:10]} are outside [0, {num_classes}) "
                          f"and not the ignore index {ignore_index}: check dataset.num_classes")
-    column = np.where(flat == ignore_index, num_classes, flat)  # (H*W,) the histogram column of each pixel
-    # one bincount over (mask, column) of every mask pixel: the work follows the masks' pixels, not
-    # H*W x (C+1) as a one-hot product would (~210 MB, ~130 ms per image at ADE20K size)
-    pixels = np.flatnonzero(masks) if pixels is None else pixels
-    mask = pixels // max(label.size, 1)
-    cells = mask * (num_classes + 1) + column[pixels - mask * label.size]
-    counts = np.bincount(cells, minlength=len(masks) * (num_classes + 1))
-    return counts.reshape(len(masks), num_classes + 1).astype(np.int32)
+    return np.where(flat == ignore_index, num_classes, flat)
 
 
 LABEL_DENOMINATORS = ("labelled", "all")

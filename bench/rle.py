@@ -15,15 +15,38 @@ from pycocotools import mask as mask_utils
 
 def mask_pixels(masks: np.ndarray) -> np.ndarray:
     """(R, H, W) bool -> (N,) int64 flat indices ``r * H * W + y * W + x`` of every mask's pixels,
-    sorted: the one pass over the stack that the RLEs, areas (``mask_areas``) and class histograms
-    (``bench.labels.class_histogram``) of a unit share (~5 ms for 106 masks at 512x683)."""
-    return np.flatnonzero(masks)
+    sorted (``np.flatnonzero(masks)``): the one pass over the stack that the RLEs, areas
+    (``mask_areas``) and class histograms (``bench.labels.class_histogram``) of a unit share."""
+    masks = np.asarray(masks)
+    if masks.dtype != bool or not masks.flags.c_contiguous:
+        return np.flatnonzero(masks)
+    return _flatnonzero_bytes(masks.reshape(-1), levels=2)
+
+
+def _flatnonzero_bytes(flat: np.ndarray, levels: int) -> np.ndarray:
+    """``np.flatnonzero`` of a contiguous (n,) bool array, found 8 bytes at a time: its non-zero
+    uint64 words (themselves found this way, ``levels`` deep), then the bytes of those words only.
+    np.flatnonzero counts, then lists, every byte of the stack: ~4.7 ms for 106 masks at 512x683,
+    ~3.5 ms this way (one pass at memory speed, ``words != 0``, is ~1.5 ms of it)."""
+    whole = flat.size // 8 * 8
+    if levels == 0 or whole == 0:
+        return np.flatnonzero(flat)
+    words = flat[:whole].view(np.uint64)
+    nonzero = _flatnonzero_bytes(words != 0, levels - 1)  # (K,) the words holding a set byte
+    byte = np.flatnonzero(np.take(words, nonzero).view(bool))  # (N,) index among those words' 8K bytes
+    pixels = np.take(nonzero * 8, byte >> 3)  # np.take: ~2x quicker than fancy indexing here
+    pixels += byte & 7
+    if whole < flat.size:
+        pixels = np.concatenate([pixels, np.flatnonzero(flat[whole:]) + whole])
+    return pixels
 
 
 def mask_areas(masks: np.ndarray, pixels: np.ndarray | None = None) -> np.ndarray:
     """(R, H, W) bool -> (R,) int64 pixel counts, from ``mask_pixels`` (computed if not given)."""
     pixels = mask_pixels(masks) if pixels is None else pixels
-    return np.bincount(pixels // max(masks.shape[1] * masks.shape[2], 1), minlength=len(masks)).astype(np.int64)
+    # pixels are sorted, mask by mask: a bisection per mask, not a division per pixel
+    bounds = np.searchsorted(pixels, np.arange(len(masks) + 1) * (masks.shape[1] * masks.shape[2]))
+    return np.diff(bounds).astype(np.int64)
 
 
 def mask_runs(masks: np.ndarray, pixels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -46,8 +69,9 @@ def mask_runs(masks: np.ndarray, pixels: np.ndarray | None = None) -> tuple[np.n
     first = np.arange(count) * area
     above[_spans(*np.searchsorted(pixels, [first, first + width]))] = False  # each mask's top row
     below[_spans(*np.searchsorted(pixels, [first + area - width, first + area]))] = False
-    starts = np.sort(_column_major(pixels[~above], height, width))
-    ends = np.sort(_column_major(pixels[~below], height, width))
+    # stable: timsort finds the runs a column-major key makes along each row (~4x quicker than quicksort)
+    starts = np.sort(_column_major(pixels[~above], height, width), kind="stable")
+    ends = np.sort(_column_major(pixels[~below], height, width), kind="stable")
     # the i-th start and end in column-major order bound the same segment: segments do not interleave
     joined = (starts[1:] == ends[:-1] + 1) & (starts[1:] % area != 0)  # not across two masks
     return np.delete(starts, np.flatnonzero(joined) + 1), np.delete(ends, np.flatnonzero(joined))
@@ -97,23 +121,24 @@ def rle_strings(counts: np.ndarray, lengths: np.ndarray) -> list[str]:
     difference to the count two before; then 5 bits per character, low bits first, bit 0x20 set
     while more characters follow (a sign-extended stop: 0x10 of the last character is the sign),
     plus 48."""
+    if len(counts) == 0:
+        return []
     first = np.cumsum(lengths) - lengths
     index = _spans(np.zeros_like(lengths), lengths)  # position within its mask
     value = counts.astype(np.int64)
     later = np.flatnonzero(index > 2)
     value[later] -= counts[later - 2]
-    chars, alive = [], np.ones(len(value), dtype=bool)
-    while alive.any():  # one 5-bit character per value and round, for the values not yet finished
-        low = value & 0x1F
-        value = value >> 5  # arithmetic shift, as C's on the signed long
-        more = np.where(low & 0x10, value != -1, value != 0) & alive
-        chars.append(np.where(alive, low + 48 + 0x20 * more, 0).astype(np.uint8))
-        alive = more
-    table = np.stack(chars, axis=1)  # (K, rounds), 0 = no character
-    text = table[table != 0].tobytes().decode("ascii")
-    per_mask = np.add.reduceat(np.count_nonzero(table, axis=1), first)  # every mask has >= 1 count
-    ends = np.cumsum(per_mask)
-    return [text[end - n:end] for end, n in zip(ends.tolist(), per_mask.tolist())]
+    # characters per value: the fewest 5-bit groups holding it as a signed number, i.e.
+    # bit_length(v if v >= 0 else ~v) // 5 + 1 (exact in float64: pycocotools' counts are 32-bit)
+    chars = np.frexp((value ^ (value >> 63)).astype(np.float64))[1].astype(np.int64) // 5 + 1
+    ends = np.cumsum(chars)
+    shift = 5 * (np.arange(ends[-1]) - np.repeat(ends - chars, chars))  # 5 x a character's place in its value
+    text = (np.repeat(value, chars) >> shift) & 0x1F  # arithmetic shift, as C's on the signed long
+    text += 48 + 0x20
+    text[ends - 1] -= 0x20  # the last character of a value: no continuation bit
+    text = text.astype(np.uint8).tobytes().decode("ascii")
+    mask_ends = np.cumsum(np.add.reduceat(chars, first)).tolist()  # every mask has >= 1 count
+    return [text[start:end] for start, end in zip([0] + mask_ends[:-1], mask_ends)]
 
 
 def encode_rles(masks: np.ndarray, pixels: np.ndarray | None = None) -> list[dict]:

@@ -136,7 +136,7 @@ def finite_half(array: np.ndarray, key: str, what: str) -> np.ndarray:
     """``array`` as float16, refusing NaN and Inf (also values beyond float16's +-65504)."""
     with np.errstate(over="ignore"):  # overflow to Inf is reported below, naming the image
         half = np.asarray(array).astype(np.float16)
-    if not np.isfinite(half).all():
+    if ((half.view(np.uint16) & 0x7C00) == 0x7C00).any():  # exponent all ones: NaN or Inf (np.isfinite: ~7x slower)
         nan, inf = int(np.isnan(half).sum()), int(np.isinf(half).sum())
         finite = np.abs(np.asarray(array)[np.isfinite(array)])
         largest = float(finite.max()) if finite.size else float("nan")

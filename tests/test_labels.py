@@ -104,3 +104,32 @@ def test_class_histogram_refuses_labels_outside_the_classes_with_the_same_messag
     assert str(err.value) == message
     with pytest.raises(ValueError, match=r"masks are \(2, 3\) but the label map is \(2, 2\)"):
         class_histogram(np.ones((1, 2, 3), bool), label, num_classes=5)
+
+
+@pytest.mark.parametrize("num_classes, ignore_index", [(150, 255), (9, 0), (300, 255), (9, -1), (9, 400)])
+def test_class_histogram_of_byte_labels_equals_the_onehot_product_for_any_classes_and_ignore(num_classes, ignore_index):
+    rng = np.random.default_rng(4)
+    masks = rng.random((7, 19, 23)) < rng.random((7, 1, 1))
+    label = rng.integers(0, min(num_classes, 256), (19, 23)).astype(np.uint8)
+    if 0 <= ignore_index < 256:
+        label[rng.random(label.shape) < 0.2] = ignore_index
+    hist = class_histogram(masks, label, num_classes, ignore_index)
+    assert np.array_equal(hist, onehot_histogram(masks, label, num_classes, ignore_index))
+    assert np.array_equal(hist, class_histogram(masks, label.astype(np.int64), num_classes, ignore_index))
+
+
+def test_byte_labels_out_of_range_anywhere_raise_the_same_message_as_wide_labels():
+    label = np.zeros((6, 5), np.uint8)
+    label[5, 4], label[0, 3], label[2, 2] = 200, 9, 255  # outside every mask below, ignore 255 allowed
+    masks = np.zeros((2, 6, 5), bool)
+    masks[:, :2, :2] = True
+    with pytest.raises(ValueError) as byte_error:
+        class_histogram(masks, label, num_classes=9)
+    with pytest.raises(ValueError) as wide_error:
+        class_histogram(masks, label.astype(np.int32), num_classes=9)
+    assert str(byte_error.value) == str(wide_error.value) == (
+        "label values [9, 200] are outside [0, 9) and not the ignore index 255: check dataset.num_classes")
+    with pytest.raises(ValueError, match=r"label values \[255\] are outside"):
+        class_histogram(masks, np.full((6, 5), 255, np.uint8), num_classes=9, ignore_index=-1)
+    with pytest.raises(ValueError, match=r"label values \[9\] are outside"):  # C itself is not a class
+        class_histogram(masks, np.full((6, 5), 9, np.uint8), num_classes=9)
