@@ -95,7 +95,8 @@ _KNOWN_ARCHS = {
     VitArch(1024, 24, 14, 24, 768): "CLIP ViT-L/14@336px (ViT-L-14-336px.pt)",
 }
 
-_TINY_TEXT = CLIPTextCfg(context_length=77, vocab_size=512, width=64, heads=1, layers=1)
+# The full BPE vocabulary (49408), so the real tokenizer's ids work with the tiny text tower.
+_TINY_TEXT = CLIPTextCfg(context_length=77, vocab_size=49408, width=64, heads=1, layers=1)
 
 
 def published_arch(name: str) -> VitArch:
@@ -108,8 +109,9 @@ def published_arch(name: str) -> VitArch:
 # ----------------------------------------------------------------------------------------------
 # Reading checkpoints
 
-def read_visual_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """The visual tower of a CLIP checkpoint as float32 tensors, ``visual.`` stripped from keys.
+def read_clip_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """A whole CLIP checkpoint with OpenAI's key names (``visual.*`` and the text tower's
+    ``token_embedding.weight``, ``transformer.*``, ...), floating tensors as float32.
 
     Accepts a TorchScript archive (OpenAI's released ``.pt``), a ``.safetensors`` file, or a
     torch.save'd state dict, optionally wrapped as ``{"state_dict": ...}`` with ``module.``
@@ -126,8 +128,23 @@ def read_visual_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             state = {re.sub(r"^module\.", "", k): v for k, v in state["state_dict"].items()}
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")
-    return {k[len("visual."):]: v.float() for k, v in state.items()
-            if k.startswith("visual.") and isinstance(v, torch.Tensor)}
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def existing_checkpoint(name: str, checkpoint: str | Path) -> Path:
+    """``checkpoint`` as a path, or FileNotFoundError naming the official file of backbone ``name``."""
+    spec, path = CLIP_BACKBONES[name], Path(checkpoint).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{name} checkpoint not found: {path} — the official file is {spec.file}, published "
+                                f"at {spec.url} (or make a random one with "
+                                f"bench.backbones.clip.save_random_checkpoint('{name}', path))")
+    return path
+
+
+def read_visual_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The visual tower of a CLIP checkpoint (any format ``read_clip_state_dict`` takes) as
+    float32 tensors, ``visual.`` stripped from keys."""
+    return {k[len("visual."):]: v for k, v in read_clip_state_dict(path).items() if k.startswith("visual.")}
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -174,11 +191,8 @@ def load_clip_backbone(name: str, checkpoint: str | Path, device: str = "cpu", t
     if compat_pos_embed_bug and not maskclip:
         raise ValueError("compat_pos_embed_bug reproduces the released MaskCLIP code; "
                          "it is for maskclip_vitl14 only")
-    path = Path(checkpoint).expanduser()
+    path = existing_checkpoint(name, checkpoint)
     official = f"the official file is {spec.file}, published at {spec.url}"
-    if not path.is_file():
-        raise FileNotFoundError(f"{name} checkpoint not found: {path} — {official} (or make a random one "
-                                f"with bench.backbones.clip.save_random_checkpoint('{name}', path))")
     state = read_visual_state_dict(path)
     found, published, small = visual_arch(state), published_arch(name), tiny_arch(spec.patch_size)
     allowed = {None: (published, small), True: (small,), False: (published,)}[tiny]
