@@ -124,16 +124,21 @@ class Workers:
             self.conns.append(ours)
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, *exc):
+        """Stop the workers: told to, after a finished extraction; killed at once after an error (their
+        units are of no use, and one may be blocked sending a result nobody reads)."""
         for conn in self.conns:
             try:
-                conn.send(("stop",))
+                if exc_type is None:
+                    conn.send(("stop",))
             except (BrokenPipeError, OSError):
                 pass
         for proc in self.procs:
-            proc.join(timeout=10)
+            if exc_type is None:
+                proc.join(timeout=10)
             if proc.is_alive():
                 proc.kill()
+                proc.join()
         return False
 
     def begin(self, extractor, cfg: DictConfig | None, split: str) -> "Workers":

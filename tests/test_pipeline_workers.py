@@ -132,6 +132,7 @@ def test_a_worker_killed_by_the_system_stops_the_extraction_naming_it(tiny_root,
     assert "extraction worker regionbench-extract-" in err and "died (exit code -9)" in err, err[-2000:]
 
 
+@pytest.mark.slow  # ~13 s; batching is off by default (extract.backbone_batch=1)
 def test_feature_calls_that_arrive_together_are_one_batch_with_the_same_bytes(tiny_root, tmp_path, monkeypatch):
     """extract.backbone_batch=4 with three workers: the backbone sees batches (features_batch is
     called with several images) and the shards equal the one-process ones. The backbone is made slow
@@ -171,6 +172,7 @@ def test_auto_shares_the_cores_among_the_extractions_started_on_one_machine(monk
     assert worker_count("auto", 1000) == min(cores, 8)
 
 
+@pytest.mark.slow  # ~18 s; the same split as extract.index/count, tested with workers in tests/test_shards.py
 def test_torchrun_ranks_with_workers_write_the_bytes_of_one_process(tiny_root, tmp_path):
     """torchrun --nproc_per_node=2, each rank with two workers: rank r writes shards r, r+2, ...; the
     last merges the manifest; the tars equal the one-process extraction's."""
