@@ -19,6 +19,7 @@ process does (their pipe closes).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -127,12 +128,9 @@ class Workers:
     def __exit__(self, exc_type, *exc):
         """Stop the workers: told to, after a finished extraction; killed at once after an error (their
         units are of no use, and one may be blocked sending a result nobody reads)."""
-        for conn in self.conns:
-            try:
-                if exc_type is None:
-                    conn.send(("stop",))
-            except (BrokenPipeError, OSError):
-                pass
+        for conn in self.conns if exc_type is None else ():
+            with contextlib.suppress(BrokenPipeError, OSError):  # a worker already gone needs no stop
+                conn.send(("stop",))
         for proc in self.procs:
             if exc_type is None:
                 proc.join(timeout=10)
