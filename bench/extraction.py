@@ -35,7 +35,8 @@ from bench.regions.cache import MaskCache, content_key, mask_stats, run_source
 from bench.pooling import pool_regions
 from bench.pipeline import RemoteBackbone, RemoteRegions, Serial, WorkerPool, network_source_name
 from bench.progress import bar_options
-from bench.rle import encode_rles, mask_areas, mask_pixels
+from bench.mask_crops import MaskCrops, bounding_boxes
+from bench.rle import encode_rles
 from bench.regions import build_regions
 from bench.regions.sam_slic import SamSlicRegions
 from datamodules.datasets import prepare_dataset, split_name
@@ -164,8 +165,9 @@ class Extractor:
         if damaged:
             stats["cache_damaged"] = damaged
         clock.append(time.perf_counter())
+        boxes = bounding_boxes(masks)  # shared by pooling and the encoding
         if len(masks):
-            feats = pool_regions(grid, torch.from_numpy(masks), p, mode=self.pooling).numpy()
+            feats = pool_regions(grid, torch.from_numpy(masks), p, mode=self.pooling, boxes=boxes).numpy()
         else:  # no regions (e.g. SAM found nothing): the image still flows through, all uncovered
             feats = np.zeros((0, d), dtype=np.float32)
         clock.append(time.perf_counter())
@@ -173,7 +175,7 @@ class Extractor:
                 "pad": [(h * p - height) // 2, (w * p - width) // 2],
                 # timings stay out of the tar (in the shard entry) so shard bytes are reproducible
                 "regions": stats["regions"], "coverage": stats["coverage"]}
-        sample, extra_meta = self.encode(key, feats, masks, label, meta, grid.numpy() if self.patches else None)
+        sample, extra_meta = self.encode(key, feats, masks, label, meta, grid.numpy() if self.patches else None, boxes)
         notes = note_counts(self.task, extra_meta)
         if notes:
             stats["notes"] = notes
@@ -182,13 +184,14 @@ class Extractor:
         return stats, sample
 
     def encode(self, key: str, feats: np.ndarray, masks: np.ndarray, annotation, meta: dict,
-               patches: np.ndarray | None = None) -> tuple[dict, dict]:
+               patches: np.ndarray | None = None, boxes: np.ndarray | None = None) -> tuple[dict, dict]:
         """(the encoded shard sample, the task's extra meta) of one unit after pooling: the task's
         members (e.g. class histograms, label.png), the masks' COCO RLEs and areas. feats (R, d),
-        masks (R, H, W) bool; the masks' pixels are found once and shared (``bench.rle.mask_pixels``)."""
-        pixels = mask_pixels(masks)
-        members, extra_meta = self.task.unit_members(self, key, masks, annotation, pixels)
-        sample = shards.encode_sample(key, feats=feats, rles=encode_rles(masks, pixels), areas=mask_areas(masks, pixels),
+        masks (R, H, W) bool, boxes: their ``bounding_boxes`` if known. The masks are read once, as
+        their bounding-box crops (``bench.mask_crops.MaskCrops``), which all of these share."""
+        crops = MaskCrops.of(masks, boxes)
+        members, extra_meta = self.task.unit_members(self, key, masks, annotation, crops)
+        sample = shards.encode_sample(key, feats=feats, rles=encode_rles(masks, crops), areas=crops.areas,
                                       meta={**meta, **extra_meta}, patches=patches, members=members)
         return sample, extra_meta
 

@@ -230,7 +230,7 @@ def _region_set_means(probs: np.ndarray, masks: np.ndarray) -> tuple[np.ndarray,
     mask r in group g move to a new group "g plus r", whose sum is sum[g] + probs[r] (regions
     are added in ascending order, like a per-pixel sum). Groups emptied this way stay unused.
     """
-    from bench.pooling import bounding_boxes
+    from bench.mask_crops import bounding_boxes
 
     (R, C), (H, W) = probs.shape, masks.shape[1:]
     group = np.zeros((H, W), dtype=np.int64)

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.exact_sums import weighted_sums
+from bench.mask_crops import bounding_boxes
 from bench.padding import center_pad_amounts
 
 POOLING_MODES = ("mean", "max", "downsample")
@@ -83,7 +84,8 @@ def empty_masks(masks: torch.Tensor | np.ndarray) -> torch.Tensor:
 
 
 def pool_regions(features: torch.Tensor, masks: torch.Tensor | np.ndarray, patch_size: int,
-                 mode: str = "mean", empty: str = "zero", chunk_elements: int = 1 << 24) -> torch.Tensor:
+                 mode: str = "mean", empty: str = "zero", chunk_elements: int = 1 << 24,
+                 boxes: np.ndarray | None = None) -> torch.Tensor:
     """Pool features (d, h, w) over masks (R, H, W) bool -> (R, d) float32, on features' device.
 
     ``features`` is the grid of a backbone with patch size p that centre-padded the (H, W) image,
@@ -114,6 +116,8 @@ def pool_regions(features: torch.Tensor, masks: torch.Tensor | np.ndarray, patch
     ``empty="error"`` raises a ValueError naming the empty indices. ``empty_masks`` finds them.
 
     ``chunk_elements`` caps the size of the temporary tensors (elements, not bytes).
+    ``boxes``: the masks' ``bench.mask_crops.bounding_boxes`` if known (CPU pooling reads each
+    mask's box only; the caller may share them with later work).
     """
     if mode not in POOLING_MODES:
         raise ValueError(f"unknown pooling mode '{mode}'; valid modes: {list(POOLING_MODES)}")
@@ -131,14 +135,14 @@ def pool_regions(features: torch.Tensor, masks: torch.Tensor | np.ndarray, patch
     if mode == "max":
         is_empty = empty_masks(masks).to(device)
         _raise_if_empty(is_empty, empty)
-        return _max_pool(flat, masks, patch_size, (h, w), (top, left), chunk_elements)
+        return _max_pool(flat, masks, patch_size, (h, w), (top, left), chunk_elements, boxes)
     if mode == "mean":  # integer weights: (2p)^2 times the bilinear ones
         along_y = interpolation_numerators(height, h, patch_size, top)
         along_x = interpolation_numerators(width, w, patch_size, left)
     else:
         along_y = box_matrix(height, h, patch_size, top)
         along_x = box_matrix(width, w, patch_size, left)
-    weights, areas = _mask_moments(masks, along_y.to(device), along_x.to(device), chunk_elements)
+    weights, areas = _mask_moments(masks, along_y.to(device), along_x.to(device), chunk_elements, boxes)
     weights = weights.flatten(1)  # (R, h*w) exact integers
     is_empty = areas == 0
     _raise_if_empty(is_empty, empty)
@@ -176,7 +180,7 @@ def _raise_if_empty(is_empty: torch.Tensor, empty: str) -> None:
 
 
 def _mask_moments(masks: torch.Tensor, along_y: torch.Tensor, along_x: torch.Tensor,
-                  chunk_elements: int) -> tuple[torch.Tensor, torch.Tensor]:
+                  chunk_elements: int, boxes: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """masks (R, H, W), along_y (H, h), along_x (W, w) -> ((R, h, w) along_y^T M_r along_x, (R,) |M_r|)
     in the matrices' dtype; exact for integer-valued float64 matrices (integer sums below 2^53).
 
@@ -186,7 +190,7 @@ def _mask_moments(masks: torch.Tensor, along_y: torch.Tensor, along_x: torch.Ten
     """
     if masks.device.type == "cpu" and along_y.device.type == "cpu":
         with one_thread():
-            return _box_moments(masks.numpy(), along_y, along_x)
+            return _box_moments(masks.numpy(), along_y, along_x, boxes)
     height, width = masks.shape[1:]
     h, w = along_y.shape[1], along_x.shape[1]
     along_y = torch.cat([along_y, along_y.new_ones(height, 1)], dim=1)  # (H, h+1)
@@ -203,23 +207,14 @@ def _mask_moments(masks: torch.Tensor, along_y: torch.Tensor, along_x: torch.Ten
     return moments[:, :h, :w], moments[:, h, w]
 
 
-def bounding_boxes(masks: np.ndarray) -> np.ndarray:
-    """(R, H, W) bool -> (R, 4) int64 rows [y_start, y_stop, x_start, x_stop); all 0 for an empty mask."""
-    rows, cols = masks.any(axis=2), masks.any(axis=1)  # (R, H), (R, W): two fast passes over the masks
-    height, width = masks.shape[1:]
-    boxes = np.stack([rows.argmax(axis=1), height - rows[:, ::-1].argmax(axis=1),
-                      cols.argmax(axis=1), width - cols[:, ::-1].argmax(axis=1)], axis=1)
-    boxes[~rows.any(axis=1)] = 0
-    return boxes
-
-
 def _support(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(size, grid) interpolation matrix -> (first, stop) (size,) int: row y's non-zero columns lie in first[y]:stop[y]."""
     nonzero = matrix != 0
     return nonzero.argmax(axis=1), matrix.shape[1] - nonzero[:, ::-1].argmax(axis=1)
 
 
-def _box_moments(masks: np.ndarray, along_y: torch.Tensor, along_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _box_moments(masks: np.ndarray, along_y: torch.Tensor, along_x: torch.Tensor,
+                 boxes: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``_mask_moments`` on CPU: for each mask only its bounding box (y0:y1, x0:x1) and the grid
     cells its rows and columns reach (first[y0]:stop[y1-1], both matrices are banded and
     monotone) enter the matmuls. SAM-like masks' boxes total ~1/40 of R*H*W at ADE20K size, so
@@ -230,7 +225,8 @@ def _box_moments(masks: np.ndarray, along_y: torch.Tensor, along_x: torch.Tensor
     first_x, stop_x = _support(along_x.numpy())
     weights = torch.zeros(count, h, w, dtype=along_y.dtype)
     areas = np.zeros(count, dtype=np.float64)
-    for r, (y0, y1, x0, x1) in enumerate(bounding_boxes(masks).tolist()):
+    boxes = bounding_boxes(masks) if boxes is None else boxes
+    for r, (y0, y1, x0, x1) in enumerate(boxes.tolist()):
         if y0 == y1:
             continue
         crop = masks[r, y0:y1, x0:x1]
@@ -242,7 +238,7 @@ def _box_moments(masks: np.ndarray, along_y: torch.Tensor, along_x: torch.Tensor
 
 
 def _max_pool(flat: torch.Tensor, masks: torch.Tensor, patch_size: int, grid: tuple[int, int],
-              offsets: tuple[int, int], chunk_elements: int) -> torch.Tensor:
+              offsets: tuple[int, int], chunk_elements: int, boxes: np.ndarray | None = None) -> torch.Tensor:
     """flat (h*w, d), masks (R, H, W) -> (R, d) channel-wise max of the bilinear upsampling over
     each mask's pixels (zeros for empty masks).
 
@@ -256,12 +252,12 @@ def _max_pool(flat: torch.Tensor, masks: torch.Tensor, patch_size: int, grid: tu
     """
     if flat.device.type == "cpu":
         with one_thread():
-            return _max_pool_loop(flat, masks, patch_size, grid, offsets, chunk_elements)
-    return _max_pool_loop(flat, masks, patch_size, grid, offsets, chunk_elements)
+            return _max_pool_loop(flat, masks, patch_size, grid, offsets, chunk_elements, boxes)
+    return _max_pool_loop(flat, masks, patch_size, grid, offsets, chunk_elements, boxes)
 
 
 def _max_pool_loop(flat: torch.Tensor, masks: torch.Tensor, patch_size: int, grid: tuple[int, int],
-                   offsets: tuple[int, int], chunk_elements: int) -> torch.Tensor:
+                   offsets: tuple[int, int], chunk_elements: int, boxes: np.ndarray | None) -> torch.Tensor:
     """``_max_pool``'s work."""
     flat = flat.contiguous()  # rows are gathered: a transposed view would make every gather strided
     (h, w), (top, left), d = grid, offsets, flat.shape[1]
@@ -269,7 +265,7 @@ def _max_pool_loop(flat: torch.Tensor, masks: torch.Tensor, patch_size: int, gri
     device = flat.device
     y0, y1, wy = (t.numpy() for t in _neighbours(height, h, patch_size, top))
     x0, x1, wx = (t.numpy() for t in _neighbours(width, w, patch_size, left))
-    region, ys, xs = _max_candidates(masks.cpu().numpy(), y0, x0, h, w)
+    region, ys, xs = _max_candidates(masks.cpu().numpy(), y0, x0, h, w, boxes)
     # per candidate: the flat indices of its 4 neighbours and its two weights
     corners = [torch.from_numpy(a).to(device) for a in
                (y0[ys] * w + x0[xs], y0[ys] * w + x1[xs], y1[ys] * w + x0[xs], y1[ys] * w + x1[xs])]
@@ -294,7 +290,7 @@ def _max_pool_loop(flat: torch.Tensor, masks: torch.Tensor, patch_size: int, gri
 
 
 def _max_candidates(masks: np.ndarray, lower_y: np.ndarray, lower_x: np.ndarray, h: int,
-                    w: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    w: int, boxes: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(R, H, W) bool -> (region, y, x) int64 arrays of the pixels that can hold a channel's
     maximum of the bilinear upsampling over their mask, grouped by region.
 
@@ -307,7 +303,8 @@ def _max_candidates(masks: np.ndarray, lower_y: np.ndarray, lower_x: np.ndarray,
     """
     height = masks.shape[1]
     regions, rows, cols = [], [], []
-    for r, (ya, yb, xa, xb) in enumerate(bounding_boxes(masks).tolist()):
+    boxes = bounding_boxes(masks) if boxes is None else boxes
+    for r, (ya, yb, xa, xb) in enumerate(boxes.tolist()):
         if ya == yb:
             continue
         ys, xs = np.nonzero(masks[r, ya:yb, xa:xb])  # row-major: sorted by (y, x)

@@ -6,6 +6,13 @@ What ``bench.extraction.Extractor.sample`` does once the region features are poo
 segmentation unit: the task's ``unit_members`` (the class histogram, ``hist.npy`` and ``label.png``),
 the masks' COCO RLEs, their areas, and ``bench.shards.encode_sample`` (.npy, PNG and JSON bytes).
 
+The masks' bounding boxes: the extraction finds them once per unit (``bench.mask_crops.bounding_boxes``)
+and hands them to pooling, which read them before issue 17 too (it found them itself, ~5.5 ms at ADE
+size with the code kept here as ``bounding_boxes_reference``), and to ``Extractor.encode``. The target
+row, "post-pooling CPU work", is ``Extractor.encode`` given those boxes, as in the extraction; the row
+"... with the boxes" also times finding them, and "bounding boxes" compares the two box finders, so
+that no work is moved out of the timed rows into pooling unseen.
+
 Input (``make_inputs``), at ADE20K size (512x683, 150 classes, a label map of flat regions of 25
 classes with ~6% ignore pixels, 106 pooled 1024-d features):
   ``sam_slic``   the ADE20K case of every benchmark (``benchmarks.inputs``): SAM-like blobs, which
@@ -35,6 +42,7 @@ from pycocotools import mask as mask_utils
 
 from bench import shards
 from bench.labels import class_histogram
+from bench.mask_crops import bounding_boxes
 from bench.rle import encode_rles
 from bench.tasks import segmentation
 from benchmarks.inputs import make_case
@@ -57,6 +65,16 @@ def class_histogram_reference(masks, label, num_classes, ignore_index=255):
     onehot[np.arange(flat.size), flat] = 1.0
     counts = masks.reshape(len(masks), -1).astype(np.float32) @ onehot  # exact: counts < 2**24
     return np.rint(counts).astype(np.int32)
+
+
+def bounding_boxes_reference(masks):
+    """bench.pooling.bounding_boxes before issue 17 (pooling found the boxes itself)."""
+    rows, cols = masks.any(axis=2), masks.any(axis=1)
+    height, width = masks.shape[1:]
+    boxes = np.stack([rows.argmax(axis=1), height - rows[:, ::-1].argmax(axis=1),
+                      cols.argmax(axis=1), width - cols[:, ::-1].argmax(axis=1)], axis=1)
+    boxes[~rows.any(axis=1)] = 0
+    return boxes
 
 
 def encode_rles_reference(masks):
@@ -100,13 +118,14 @@ def post_pooling_reference(inputs: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- ours
-def post_pooling(inputs: dict) -> dict:
-    """Extractor.sample after pooling (``Extractor.encode``) for a segmentation unit."""
+def post_pooling(inputs: dict, boxes: np.ndarray | None = None) -> dict:
+    """Extractor.sample after pooling (``Extractor.encode``) for a segmentation unit, given the masks'
+    bounding boxes (found before pooling, as the extraction does) or finding them (None)."""
     from bench.extraction import Extractor
 
     extractor = SimpleNamespace(num_classes=NUM_CLASSES, ignore_index=IGNORE_INDEX, task=segmentation.TASK)
     return Extractor.encode(extractor, inputs["key"], inputs["feats"], inputs["masks"], inputs["label"],
-                            inputs["meta"])[0]
+                            inputs["meta"], None, boxes)[0]
 
 
 # ----------------------------------------------------------------------------- inputs and rows
@@ -145,8 +164,10 @@ def make_inputs(generator: str = "sam_slic", case=None, seed: int = 0) -> dict:
 
 
 def workloads(inputs: dict) -> dict[str, dict]:
-    """{part: {"ours": fn, "reference": fn}} for the histogram, the RLEs, the sample encoding and all of it."""
+    """{part: {"ours": fn, "reference": fn}} for the histogram, the RLEs, the sample encoding, the
+    bounding boxes and all of it (given the boxes, as in the extraction, and with finding them)."""
     masks, label = inputs["masks"], inputs["label"]
+    boxes = bounding_boxes(masks)  # what the extraction found before pooling
     rles = encode_rles_reference(masks)
     members = {"hist.npy": class_histogram_reference(masks, label, NUM_CLASSES, IGNORE_INDEX), "label.png": label}
     encode = (inputs["key"], inputs["feats"], rles, masks.sum(axis=(1, 2)), inputs["meta"], members)
@@ -158,7 +179,10 @@ def workloads(inputs: dict) -> dict[str, dict]:
                 "reference": lambda: json.dumps(encode_rles_reference(masks)).encode()},
         "encoding": {"ours": lambda: shards.encode_sample(*encode[:5], members=members),
                      "reference": lambda: encode_sample_reference(*encode)},
-        "total": {"ours": lambda: post_pooling(inputs), "reference": lambda: post_pooling_reference(inputs)},
+        "boxes": {"ours": lambda: bounding_boxes(masks).tobytes(),
+                  "reference": lambda: bounding_boxes_reference(masks).tobytes()},
+        "total": {"ours": lambda: post_pooling(inputs, boxes), "reference": lambda: post_pooling_reference(inputs)},
+        "total_with_boxes": {"ours": lambda: post_pooling(inputs), "reference": lambda: post_pooling_reference(inputs)},
     }
 
 
@@ -175,7 +199,8 @@ def check(ours, reference) -> dict:
 
 
 TITLES = {"histogram": "class histogram", "rle": "COCO RLEs", "encoding": "sample encoding (npy, PNG, JSON)",
-          "total": "post-pooling CPU work"}
+          "boxes": "bounding boxes (pooling's, shared)", "total": "post-pooling CPU work",
+          "total_with_boxes": "post-pooling CPU work with the boxes"}
 TARGET = 20  # the whole post-pooling work, reference seconds / ours
 
 
@@ -183,7 +208,7 @@ def rows(runs: int = 5, generators: tuple[str, ...] = GENERATORS,
          parts: dict[str, tuple[str, ...]] | None = None, case=None) -> list[dict]:
     """Rows for ``benchmarks.run``: every part for the SAM+SLIC masks, the total for the SLIC partition
     (``case``: the input size, default ADE20K's)."""
-    parts = parts or {"sam_slic": tuple(TITLES), "slic": ("total",)}
+    parts = parts or {"sam_slic": tuple(TITLES), "slic": ("total", "total_with_boxes")}
     out = []
     for generator in generators:
         inputs = make_inputs(generator, case)
@@ -200,7 +225,7 @@ def rows(runs: int = 5, generators: tuple[str, ...] = GENERATORS,
                    "ours_s": ours, "ours_runs": ours_runs, "reference_s": reference, "reference_runs": ref_runs,
                    "speedup": reference / ours, "check": check(ours_out, ref_out),
                    "load_average": os.getloadavg()[0]}
-            if part == "total":
+            if part.startswith("total"):
                 row["target"], row["met"] = f">={TARGET}x", bool(reference / ours >= TARGET)
             out.append(row)
     return out

@@ -21,6 +21,7 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -101,7 +102,8 @@ STAGES = ("decode", "regions", "features", "pooling", "encode", "write")
 def pre_issue_17():
     """The extraction code as it was before issue 17, patched in for the reference run: the one-hot
     class histogram, pycocotools' RLEs on an (H, W, R) Fortran copy, ``masks.sum`` areas, no shared
-    pixel pass (benchmarks/post_pooling.py keeps those functions). Runs with extract.workers=0."""
+    mask crops, the old bounding boxes for pooling (benchmarks/post_pooling.py keeps those
+    functions). Runs with extract.workers=0."""
     from contextlib import ExitStack
     from unittest import mock
 
@@ -111,12 +113,13 @@ def pre_issue_17():
 
     stack = ExitStack()
     stack.enter_context(mock.patch.object(segmentation, "class_histogram",
-                                          lambda masks, label, c, ignore, pixels=None:
+                                          lambda masks, label, c, ignore, crops=None:
                                           post_pooling.class_histogram_reference(masks, label, c, ignore)))
     stack.enter_context(mock.patch.object(extraction, "encode_rles",
-                                          lambda masks, pixels=None: post_pooling.encode_rles_reference(masks)))
-    stack.enter_context(mock.patch.object(extraction, "mask_areas", lambda masks, pixels=None: masks.sum(axis=(1, 2))))
-    stack.enter_context(mock.patch.object(extraction, "mask_pixels", lambda masks: None))
+                                          lambda masks, crops=None: post_pooling.encode_rles_reference(masks)))
+    no_crops = SimpleNamespace(of=lambda masks, boxes=None: SimpleNamespace(areas=masks.sum(axis=(1, 2))))
+    stack.enter_context(mock.patch.object(extraction, "MaskCrops", no_crops))
+    stack.enter_context(mock.patch.object(extraction, "bounding_boxes", post_pooling.bounding_boxes_reference))
     return stack
 
 

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from bench.rle import decode_rles, encode_rles, mask_areas, mask_pixels, rle_strings
+from bench.mask_crops import MaskCrops
+from bench.rle import decode_rles, encode_rles, mask_areas, rle_strings
 
 
 def pycocotools_rles(masks: np.ndarray) -> list[dict]:
@@ -80,24 +81,10 @@ def test_string_encoding_matches_pycocotools_for_large_and_negative_deltas():
             assert string == reference.decode("ascii"), part
 
 
-def test_mask_pixels_equal_flatnonzero_at_every_size_and_layout():
-    rng = np.random.default_rng(3)
-    for _ in range(300):  # sizes not a multiple of 8 (a tail after the last word), sparse and dense
-        shape = tuple(int(n) for n in rng.integers(0, 40, size=3))
-        masks = rng.random(shape) < rng.random() ** 3
-        assert np.array_equal(mask_pixels(masks), np.flatnonzero(masks)), shape
-    masks = rng.random((5, 64, 48)) < 0.01
-    for stack in (masks[:, ::2], masks.transpose(0, 2, 1), masks.astype(np.uint8), masks.view(np.uint8) * 3):
-        assert np.array_equal(mask_pixels(stack), np.flatnonzero(stack))  # not a contiguous bool stack
-    bytes_ = (rng.random(10_000) < 0.05) * rng.integers(1, 256, 10_000)
-    weird = bytes_.astype(np.uint8).view(bool)  # bool bytes other than 0 and 1: still "non-zero"
-    assert np.array_equal(mask_pixels(weird.reshape(1, 100, 100)), np.flatnonzero(weird))
-
-
 def test_mask_areas_equal_pixel_counts():
     rng = np.random.default_rng(4)
     masks = rng.random((9, 13, 7)) < rng.random((9, 1, 1))
     masks[3] = False
     assert mask_areas(masks).tolist() == masks.sum(axis=(1, 2)).tolist()
-    assert mask_areas(masks, mask_pixels(masks)).dtype == np.int64
+    assert mask_areas(masks, MaskCrops.of(masks)).dtype == np.int64
     assert mask_areas(np.zeros((2, 0, 3), bool)).tolist() == [0, 0]

@@ -40,7 +40,7 @@ class Task:
     members: tuple[str, ...]  # e.g. ("hist.npy", "label.png"); ("depth.npy", "pose.npy", ...) for multi-view
     units: Callable[[DictConfig, str], list]  # (cfg.dataset, split) -> the split's units (.id, .image_path)
     load_unit: Callable[[DictConfig], Callable]  # cfg -> (unit -> (image (H, W, 3), annotation))
-    # (extractor, key, masks (R, H, W) bool, annotation, pixels: bench.rle.mask_pixels(masks)) ->
+    # (extractor, key, masks (R, H, W) bool, annotation, crops: bench.mask_crops.MaskCrops of the masks) ->
     # ({member: value}, extra meta)
     unit_members: Callable
     extract: Callable[[DictConfig, "Task"], dict]  # (cfg, the task itself): all `python -m bench.extract` does

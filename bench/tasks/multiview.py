@@ -116,10 +116,10 @@ def check_unit(key: str, rgb: np.ndarray, annotation: dict) -> None:
 
 
 def unit_members(extractor, key: str, masks: np.ndarray, annotation: dict,
-                 pixels: np.ndarray | None = None) -> tuple[dict, dict]:
+                 crops=None) -> tuple[dict, dict]:
     """Segmentation's hist.npy and label.png, and the regions' 2D and 3D positions."""
     label, c = annotation["label"], extractor.num_classes
-    hist = class_histogram(masks, label, c, extractor.ignore_index, pixels)
+    hist = class_histogram(masks, label, c, extractor.ignore_index, crops)
     pos3d, valid = region_positions_3d(masks, annotation["depth"], annotation["K_color"], annotation["K_depth"],
                                        annotation["pose"])
     pos3d[valid, :3] -= annotation["centre"].astype(np.float32)

@@ -42,10 +42,10 @@ def check_unit(key: str, rgb: np.ndarray, label: np.ndarray) -> None:
 
 
 def unit_members(extractor, key: str, masks: np.ndarray, label: np.ndarray,
-                 pixels: np.ndarray | None = None) -> tuple[dict, dict]:
+                 crops=None) -> tuple[dict, dict]:
     """hist.npy: (R, C+1) class pixel counts of each region (last column: ignore); label.png."""
     c = extractor.num_classes
-    hist = class_histogram(masks, label, c, extractor.ignore_index, pixels)
+    hist = class_histogram(masks, label, c, extractor.ignore_index, crops)
     return {"hist.npy": hist.astype(np.int32), "label.png": label}, {}
 
 
