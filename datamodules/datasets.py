@@ -62,7 +62,8 @@ LAYOUTS = {
     "ade20k": Layout(ade20k.iter_samples, ade20k.load_label, ade20k.class_names, ade20k.save_prediction,
                      "predictions", _generate_miniade),
     # label_path is a coco.CocoLabel (annotation file, image id); labels: contiguous category indices
-    "coco": Layout(coco.iter_samples, coco.load_label, coco.class_names, generate=_generate_minicoco),
+    "coco": Layout(coco.iter_samples, coco.load_label, coco.class_names, coco.save_prediction,
+                   generate=_generate_minicoco),
     "folder": Layout(folder.iter_samples, folder.load_label, folder.class_names),  # own images, unlabelled
     # RGB-D frames (task: multiview, which lists and reads its frames itself: bench/tasks/multiview.py)
     "scannet": Layout(lambda root, split: scannet.iter_frames(root, split, "scannet"), None, _scannet_classes,
@@ -82,13 +83,31 @@ def layout(dataset: DictConfig) -> Layout:
 
 
 def prepare_dataset(dataset: DictConfig) -> None:
-    """Generate the built-in mini dataset if the config asks for it (idempotent)."""
+    """Generate the built-in mini dataset if the config asks for it (idempotent). Never into a
+    directory that holds files RegionBench did not generate: a downloaded dataset's root given with
+    ``dataset.generate`` still set would otherwise receive a mini dataset's files."""
     if dataset.generate is not None:
         generator = layout(dataset).generate
         if generator is None:
             raise ValueError(f"dataset.layout={dataset.layout} has no built-in generator: set dataset.generate=null "
                              f"and dataset.root to the downloaded dataset")
+        check_generation_root(Path(dataset.root))
         generator(Path(dataset.root), **dataset.generate)
+
+
+GENERATED_MARK = ".regionbench_"  # every generator's stamp (and owner file) starts with it
+
+
+def check_generation_root(root: Path) -> None:
+    """Refuse a non-empty ``root`` without a generator's stamp in it or two levels down (MiniVOC's is in
+    VOCdevkit/VOC2012), before anything is written."""
+    entries = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+    stamped = any(any(root.glob(f"{level}{GENERATED_MARK}*")) for level in ("", "*/", "*/*/"))
+    if entries and not stamped:
+        raise ValueError(f"dataset.root={root} holds files RegionBench did not generate ({', '.join(entries[:3])}"
+                         f"{', ...' if len(entries) > 3 else ''}) and dataset.generate is set: refusing to write a "
+                         "mini dataset there. For a downloaded dataset set dataset.generate=null; for a mini one "
+                         "choose an empty dataset.root (or delete a half-written one)")
 
 
 def dataset_items(dataset: DictConfig, split: str) -> list[voc.VocSample]:

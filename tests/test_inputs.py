@@ -252,3 +252,22 @@ def test_a_filled_feature_cache_stands_in_for_a_missing_backbone_checkpoint(tmp_
     (directory / "meta.json").write_text('{"patch_size": 14, "embed_dim": 384}')
     check_inputs(cfg)
     assert "reads its grids from the feature cache" in caplog.text
+
+
+def test_a_mini_dataset_is_never_generated_into_a_directory_of_other_files(tmp_path):
+    """A downloaded dataset's root given with dataset.generate still set (e.g. dataset=coco after
+    overrides that set dataset.generate.*) is refused before anything is written into it."""
+    from datamodules.datasets import prepare_dataset
+
+    real = tmp_path / "coco"
+    (real / "annotations").mkdir(parents=True)
+    (real / "annotations" / "instances_val2017.json").write_text("{}")
+    cfg = tiny_config(tmp_path, "dataset=minicoco", f"dataset.root={real}")
+    with pytest.raises(ValueError, match="holds files RegionBench did not generate .annotations.*generate=null"):
+        prepare_dataset(cfg.dataset)
+    assert sorted(p.relative_to(real).as_posix() for p in real.rglob("*")) == [
+        "annotations", "annotations/instances_val2017.json"]
+    # a root RegionBench generated is regenerated with other parameters (its stamp is two levels down for MiniVOC)
+    voc = tiny_config(tmp_path, f"dataset.root={tmp_path / 'minivoc'}")
+    prepare_dataset(voc.dataset)
+    prepare_dataset(tiny_config(tmp_path, f"dataset.root={tmp_path / 'minivoc'}", "dataset.generate.seed=1").dataset)
