@@ -340,6 +340,9 @@ EXECUTION_KEYS = (
 )
 
 
+TASK_NODES = {"zeroshot": "zeroshot"}  # config node -> the one task that reads it (see config_hash)
+
+
 def config_hash(cfg: DictConfig, ignore: tuple[str, ...] = ()) -> str:
     """12 hex digits identifying what a run computes: the resolved config without EXECUTION_KEYS,
     the launch keys below (and ``ignore``), with file locations under paths.* written relative to them
@@ -367,7 +370,9 @@ def config_hash(cfg: DictConfig, ignore: tuple[str, ...] = ()) -> str:
                     return name + value[len(root):]
         return value
 
-    for key in (*EXECUTION_KEYS, *launch, *ignore):
+    # a node only one task reads, added after runs of the others were made, stays out of their hashes
+    other_tasks = [node for node, task in TASK_NODES.items() if resolved.get("task") != task]
+    for key in (*EXECUTION_KEYS, *launch, *ignore, *other_tasks):
         parent, _, leaf = key.rpartition(".")
         node = resolved
         for part in parent.split(".") if parent else []:

@@ -54,6 +54,18 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+TEMPLATE_SETS = ("none", "simple", "imagenet")  # the text as given | open_clip's 7 | its 80 ImageNet templates
+
+
+def prompt_templates(name: str) -> list:
+    """The prompt templates (``str -> str``) a ``templates=`` choice names (``TEMPLATE_SETS``)."""
+    if name not in TEMPLATE_SETS:
+        raise ValueError(f"templates={name!r} is unknown; valid: {', '.join(TEMPLATE_SETS)}")
+    if name == "none":
+        return [str]  # the identity: the text as given
+    return __getattr__("SIMPLE_TEMPLATES" if name == "simple" else "TEMPLATES")
+
+
 # ----------------------------------------------------------------------------------------------
 # Text tower and tokenizer
 

@@ -81,10 +81,20 @@ _RANDOM = "${paths.data_root}/checkpoints/random/"
 WEIGHTS = {
     "random": {
         **{f"backbone.params.{name}.checkpoint": f"{_RANDOM}{name}_tiny_random.pth"
-           for name in ("dino_vitb16", "dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14", "dinov2_vitg14")},
+           for name in ("dino_vitb16", "dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14", "dinov2_vitg14",
+                        # written out, not imported from the backbone registry: config loading stays free of torch
+                        "dinov2_vits14_reg", "dinov2_vitb14_reg", "dinov2_vitl14_reg", "dinov2_vitg14_reg",
+                        "dinov3_vits16", "dinov3_vits16plus", "dinov3_vitb16", "dinov3_vitl16", "dinov3_vith16plus",
+                        "dinov3_vit7b16")},
+        # SigLIP 2 and C-RADIO: the names experiments/backbones_2025.yaml runs
+        "backbone.params.siglip2_vitb16_256.checkpoint": f"{_RANDOM}siglip2_vitb16_256_tiny_random.safetensors",
+        "backbone.params.radio_v3_vitl16.checkpoint": f"{_RANDOM}radio_v3_vitl16_tiny_random.safetensors",
         "backbone.params.imagenet_vitl.checkpoint": f"{_RANDOM}imagenet_vitl_tiny_random.safetensors",
         "backbone.params.clip_vitb32.checkpoint": f"{_RANDOM}clip_vitb32_tiny_random.pt",
         "backbone.params.maskclip_vitl14.checkpoint": f"{_RANDOM}maskclip_vitl14_tiny_random.pt",
+        # one file for both, as the real ones share OpenAI's ViT-B-16.pt
+        "backbone.params.clip_vitb16.checkpoint": f"{_RANDOM}clip_vitb16_tiny_random.pt",
+        "backbone.params.maskclip_vitb16.checkpoint": f"{_RANDOM}clip_vitb16_tiny_random.pt",
         "regions.params.sam.model_type": "vit_test",
         "regions.params.sam.checkpoint": f"{_RANDOM}sam_vit_test_random.pth",
         "regions.params.hq_sam.model_type": "vit_test",

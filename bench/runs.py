@@ -91,10 +91,10 @@ def model_params(cfg: DictConfig, manifest: dict, models: dict) -> dict:
     return params
 
 
-def build_model(cfg: DictConfig, manifest: dict) -> pl.LightningModule:
-    params = model_params(cfg, manifest, MODELS)
+def build_model(cfg: DictConfig, manifest: dict, models: dict = MODELS) -> pl.LightningModule:
+    params = model_params(cfg, manifest, models)
     kind = params.pop("kind")
-    return MODELS[kind](num_classes=cfg.dataset.num_classes, ignore_index=cfg.dataset.ignore_index, **params)
+    return models[kind](num_classes=cfg.dataset.num_classes, ignore_index=cfg.dataset.ignore_index, **params)
 
 
 def build_logger(cfg: DictConfig, directory: Path):
@@ -129,8 +129,11 @@ def build_trainer(cfg: DictConfig, directory: Path, checkpoints: bool = True) ->
 
 def data_report(datamodule: RegionShardDataModule, cfg: DictConfig) -> dict:
     """What every metrics.json says about its data: images extraction could not read (counted and
-    named, per split) and the val split's region statistics (regions/image, coverage, s/image)."""
-    splits = [cfg.dataset.train_split, cfg.dataset.val_split]
+    named, per split) and the val split's region statistics (regions/image, coverage, s/image).
+    The splits: train and val, or val alone for a task that trains nothing (zero-shot)."""
+    from bench.tasks import get_task
+
+    splits = [cfg.dataset.train_split] * get_task(cfg.task).trains + [cfg.dataset.val_split]
     stats = datamodule.manifest(cfg.dataset.val_split)["region_stats"]
     return {"skipped": {split: datamodule.manifest(split)["skipped"] for split in splits},
             "notes": {split: datamodule.manifest(split).get("notes", {}) for split in splits},

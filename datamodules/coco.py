@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+from PIL import Image
 from pycocotools import mask as mask_utils
 
 from datamodules.voc import VocSample
@@ -299,3 +300,16 @@ def class_names(root: str | Path) -> list[str]:
     if not files:
         raise FileNotFoundError(f"no COCO annotation files in {Path(root) / 'annotations'}")
     return load_coco(files[0]).class_names
+
+
+def save_prediction(directory: str | Path, image_id: str, pred: np.ndarray) -> Path:
+    """A prediction (H, W) int (contiguous category index 0..C-1, -1 = undecided) as <directory>/<id>.png,
+    L-mode, in the label maps' own convention (``load_label``): the index, 255 where undecided."""
+    pred = np.asarray(pred)
+    if pred.size and pred.max() >= IGNORE_INDEX:
+        raise ValueError(f"prediction for {image_id} has class {pred.max()}; COCO label maps hold indices below "
+                         f"{IGNORE_INDEX}")
+    path = Path(directory) / f"{image_id}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.where(pred < 0, IGNORE_INDEX, pred).astype(np.uint8), mode="L").save(path, format="PNG")
+    return path

@@ -176,7 +176,7 @@ from bench.backbones.radio import RADIO_FAMILY  # noqa: E402
 from bench.backbones.siglip import SIGLIP_FAMILY  # noqa: E402
 from bench.backbones.vit import DINOV2_REG_FAMILY, VIT_FAMILY  # noqa: E402
 
-CLIP_NAMES = ("clip_vitb32", "maskclip_vitl14")  # bench.backbones.clip.CLIP_FAMILY's keys
+CLIP_NAMES = ("clip_vitb32", "maskclip_vitl14", "clip_vitb16", "maskclip_vitb16")  # bench.backbones.clip.CLIP_FAMILY's keys
 
 
 def _clip(name: str):

@@ -12,6 +12,8 @@ the positional table is resampled bicubically from the training grid to the actu
                    resized to 224 and centre-cropped (a flat 7x7 token list), this is a full grid.
   maskclip_vitl14  MaskCLIP (Zhou et al. 2022) on CLIP ViT-L/14@336px: the last block's
                    value-embedding path, ``ln_post`` and ``proj`` -> 768-d joint space.
+  clip_vitb16, maskclip_vitb16  the same two on CLIP ViT-B/16 (``ViT-B-16.pt``; 768-d ``ln_post``
+                   tokens / 512-d joint space), the size the zero-shot segmentation papers report.
                    ``compat_pos_embed_bug=True`` reproduces the released code's positional table
                    (rows [:-1] as the patch grid, the last row for CLS; CLIP stores CLS at row 0).
 
@@ -65,6 +67,15 @@ CLIP_BACKBONES = {
         "ViT-L-14-336-quickgelu", 14, 768, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, "ViT-L-14-336px.pt",
         "https://openaipublic.azureedge.net/clip/models/"
         "3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02/ViT-L-14-336px.pt"),
+    # ViT-B/16: the size of the training-free zero-shot segmentation literature (MaskCLIP, SCLIP, ...)
+    "clip_vitb16": ClipSpec(
+        "ViT-B-16-quickgelu", 16, 768, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, "ViT-B-16.pt",
+        "https://openaipublic.azureedge.net/clip/models/"
+        "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f/ViT-B-16.pt"),
+    "maskclip_vitb16": ClipSpec(
+        "ViT-B-16-quickgelu", 16, 512, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD, "ViT-B-16.pt",
+        "https://openaipublic.azureedge.net/clip/models/"
+        "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f/ViT-B-16.pt"),
 }
 
 
@@ -376,7 +387,4 @@ class MaskClipBackbone(ClipBackbone):
         return value_path(last, x[:, 1:])
 
 
-CLIP_FAMILY = {
-    "clip_vitb32": partial(load_clip_backbone, "clip_vitb32"),
-    "maskclip_vitl14": partial(load_clip_backbone, "maskclip_vitl14"),
-}
+CLIP_FAMILY = {name: partial(load_clip_backbone, name) for name in CLIP_BACKBONES}

@@ -10,7 +10,7 @@ datamodule and LightningModule or evaluator, report and summary) and one line be
 """
 from __future__ import annotations
 
-from bench.tasks import multiview, retrieval, segmentation, video
+from bench.tasks import multiview, retrieval, segmentation, video, zeroshot
 from bench.tasks.base import Task
 
 TASKS: dict[str, Task] = {
@@ -18,6 +18,7 @@ TASKS: dict[str, Task] = {
     "retrieval": retrieval.TASK,
     "multiview": multiview.TASK,
     "video": video.TASK,
+    "zeroshot": zeroshot.TASK,
 }
 
 

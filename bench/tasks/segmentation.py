@@ -64,6 +64,8 @@ def models() -> dict:
 
 def prediction_writer(cfg: DictConfig, directory: Path):
     fmt = layout(cfg.dataset)
+    if fmt.save_prediction is None:
+        raise ValueError(f"dataset.layout={cfg.dataset.layout} has no prediction file format: set save_predictions=false")
     return functools.partial(fmt.save_prediction, directory / fmt.prediction_subdir)
 
 

@@ -4,8 +4,9 @@
 
 Each file is built from the real architecture classes (a 2-block toy encoder for SAM and
 HQ-SAM, MobileSAM's TinyViT, SAM 2.1 Hiera-T, 2-block width-48 backbones: DINO/DINOv2 (also with registers),
-DINOv3, ImageNet ViT, CLIP), seeded, and saved exactly as the official
-checkpoint of that family is (raw state_dict; ``{"model": ...}`` for SAM 2), so it loads through
+DINOv3, ImageNet ViT, CLIP; 2-block width-64 SigLIP 2 and C-RADIOv3 trunks), seeded, and saved exactly as the
+official checkpoint of that family is (raw state_dict; ``{"model": ...}`` for SAM 2; open_clip's whole-model
+safetensors for SigLIP 2; NVIDIA's model.safetensors for C-RADIO), so it loads through
 the same path a real checkpoint takes. Masks from random weights are meaningless: experiments
 that use these files say so (e.g. the ``minivoc`` column of table1_region_generation).
 """
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from bench.atomic import atomic_path
 from bench.backbones import clip as backbones_clip, dinov3 as backbones_dinov3, vit as backbones_vit
+from bench.backbones import radio as backbones_radio, siglip as backbones_siglip
 from bench.regions import sam as regions_sam, sam2 as regions_sam2
 
 # file name -> how to make it
@@ -42,6 +44,12 @@ RANDOM_CHECKPOINTS = {
         lambda p: backbones_vit.save_random_checkpoint("imagenet_vitl", p, tiny=True),
     "clip_vitb32_tiny_random.pt": lambda p: backbones_clip.save_random_checkpoint("clip_vitb32", p, tiny=True),
     "maskclip_vitl14_tiny_random.pt": lambda p: backbones_clip.save_random_checkpoint("maskclip_vitl14", p, tiny=True),
+    "clip_vitb16_tiny_random.pt": lambda p: backbones_clip.save_random_checkpoint("clip_vitb16", p, tiny=True),
+    # SigLIP 2 and C-RADIO: the names experiments/backbones_2025.yaml runs (its DINOv2-reg and DINOv3 files are above)
+    "siglip2_vitb16_256_tiny_random.safetensors":  # open_clip's open_clip_model.safetensors layout
+        lambda p: backbones_siglip.save_random_checkpoint("siglip2_vitb16_256", p),
+    "radio_v3_vitl16_tiny_random.safetensors":  # NVIDIA's model.safetensors layout (128x128 table: 4 MB)
+        lambda p: backbones_radio.save_random_checkpoint("radio_v3_vitl16", p, layout="nvidia"),
 }
 
 

@@ -1,0 +1,72 @@
+"""Zero-shot semantic segmentation (VOC, ADE20K, COCO, their mini versions): no training.
+
+Unit and shards: segmentation's (``hist.npy``, ``label.png``), of the val split only, so a shard
+set extracted for segmentation serves here too. The class names (``zeroshot.class_names`` or the
+dataset's) are embedded by the backbone's own text tower (``bench.openvocab``: CLIP / MaskCLIP, from
+the same local checkpoint file) with prompt ensembling; each region vector (``model.kind=region``)
+or patch vector (``model.kind=patch``, shards with ``extract.patches=true``) gets the softmax of its
+scaled cosine similarities to them (``models.zeroshot``), painted and scored with segmentation's
+exact mIoU. ``eval.py`` runs it; ``train.py`` has nothing to fit.
+"""
+from __future__ import annotations
+
+import functools
+
+from omegaconf import DictConfig
+
+from bench import runs
+from bench.tasks import segmentation
+from bench.tasks.base import Task
+from datamodules.datasets import class_names, dataset_items
+
+def extract(cfg: DictConfig, task: Task) -> dict:
+    from bench.extraction import extract_splits
+
+    return extract_splits(cfg, lambda c: (c.dataset.val_split,), task)
+
+
+def models() -> dict:
+    from models.zeroshot import MODELS
+
+    return MODELS
+
+
+def text_names(cfg: DictConfig) -> list[str]:
+    """The texts: one per dataset class (without class 0 when zeroshot.background=threshold)."""
+    names = list(cfg.zeroshot.class_names) if cfg.zeroshot.class_names is not None else class_names(cfg.dataset)
+    if len(names) != cfg.dataset.num_classes:
+        raise ValueError(f"zeroshot.class_names has {len(names)} names but dataset.num_classes is "
+                         f"{cfg.dataset.num_classes}: give one name per class")
+    return names[1:] if cfg.zeroshot.background == "threshold" else names
+
+
+def text_embeddings(cfg: DictConfig):
+    """(T, D) class text embeddings from the backbone's text tower (its checkpoint file)."""
+    from bench.openvocab import class_text_embeddings, load_text_tower, load_tokenizer, prompt_templates
+
+    name = cfg.backbone.name
+    templates = prompt_templates(cfg.zeroshot.templates)  # an unknown name fails before the tower loads
+    tower = load_text_tower(name, cfg.backbone.params[name].checkpoint)
+    return class_text_embeddings(tower, load_tokenizer(name), text_names(cfg), templates)
+
+
+def build_model(cfg: DictConfig, manifest: dict):
+    from models.zeroshot import MODELS
+
+    model = runs.build_model(cfg, manifest, MODELS)
+    model.set_text(text_embeddings(cfg), cfg.zeroshot.background, cfg.zeroshot.threshold, cfg.zeroshot.logit_scale)
+    return model
+
+
+def report(cfg: DictConfig) -> dict:
+    return {**segmentation.report(cfg), "texts": text_names(cfg),
+            "zeroshot": {k: cfg.zeroshot[k] for k in ("templates", "background", "threshold", "logit_scale")}}
+
+
+TASK = Task(
+    name="zeroshot", members=segmentation.MEMBERS, units=dataset_items, load_unit=segmentation.load_unit,
+    unit_members=segmentation.unit_members, check_unit=segmentation.check_unit, extract=extract,
+    summary=segmentation.summary, trains=False, models=models,
+    build_datamodule=functools.partial(runs.build_datamodule, members=segmentation.MEMBERS),
+    check_data=runs.check_shards, build_model=build_model, report=report,
+    prediction_writer=segmentation.prediction_writer, pictures=segmentation.pictures)

@@ -1,0 +1,175 @@
+"""Zero-shot segmentation (task zeroshot, models/zeroshot.py): predictions against similarities and
+mIoU computed independently, on MiniVOC and on the fixture's COCO photos, with tiny random CLIPs."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from bench.config import cell_config, config_hash, load_config
+from bench.rle import decode_rles
+from bench.shards import read_split
+from models.zeroshot import class_probabilities
+from tests.conftest import TINY, shared_or_skip
+
+NAME = "maskclip_vitl14"
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    from bench.backbones.clip import save_random_checkpoint
+
+    root = tmp_path_factory.mktemp("zeroshot")
+    save_random_checkpoint(NAME, root / "data" / "checkpoints" / "random" / f"{NAME}_tiny_random.pt", tiny=True)
+    return root
+
+
+def config(root: Path, cell: str, *extra: str):
+    cfg = load_config(["experiment=zeroshot_segmentation", f"cell={cell}", *TINY, "dataset.max_images=null",
+                       f"paths.data_root={root / 'data'}", f"paths.results_root={root / 'results'}",
+                       "save_predictions=true", *extra])
+    return cell_config(cfg, cell)
+
+
+def reference_text(cfg) -> torch.Tensor:
+    """(C, D) prompt ensembles by open_clip's own CLIP model from the same file, written out here."""
+    import open_clip
+
+    from bench.openvocab import TEMPLATES
+    from bench.tasks.zeroshot import text_names
+
+    model = open_clip.load_openai_model(cfg.backbone.params[NAME].checkpoint, precision="fp32", device="cpu").eval()
+    tokenizer = open_clip.get_tokenizer("ViT-L-14-336")
+    rows = []
+    with torch.no_grad():
+        for name in text_names(cfg):
+            each = model.encode_text(tokenizer([t(name) for t in TEMPLATES]))
+            mean = (each / each.norm(dim=-1, keepdim=True)).mean(0)
+            rows.append(mean / mean.norm())
+    return torch.stack(rows)
+
+
+def run(cfg) -> dict:
+    from bench.extract import extract
+    from eval import evaluate
+
+    extract(cfg)
+    return evaluate(cfg)[cfg.cell]
+
+
+def predictions(cfg) -> dict[str, np.ndarray]:
+    from bench.config import run_dir
+
+    return {p.stem: np.array(Image.open(p)) for p in run_dir(cfg).rglob("*.png")}  # the layout's own folders
+
+
+def numpy_miou(preds: list[np.ndarray], labels: list[np.ndarray], classes: int) -> float:
+    """Mean IoU over classes present in the labels or predictions, one confusion matrix; 255 ignored."""
+    confusion = np.zeros((classes, classes), dtype=np.int64)
+    for pred, label in zip(preds, labels):
+        keep = label != 255
+        np.add.at(confusion, (label[keep].astype(np.int64), np.clip(pred[keep], 0, classes - 1)), 1)
+    inter = np.diag(confusion)
+    union = confusion.sum(0) + confusion.sum(1) - inter
+    return float(np.mean(inter[union > 0] / union[union > 0]))
+
+
+def test_region_predictions_are_the_argmax_of_independent_similarities_and_the_miou_is_exact(root):
+    cfg = config(root, f"{NAME}_region/minivoc")
+    metrics = run(cfg)
+    text = reference_text(cfg).numpy()
+    samples, _ = read_split(Path(cfg.extract.shard_dir) / "val")
+    preds, labels, checked = predictions(cfg), [], 0
+    assert metrics["num_images"] == 6 and len(preds) == 6
+    for sample in samples:
+        feats = sample["feats"].astype(np.float64)
+        feats /= np.maximum(np.linalg.norm(feats, axis=1, keepdims=True), 1e-12)
+        best = np.argmax(feats @ (text / np.linalg.norm(text, axis=1, keepdims=True)).T, axis=1)  # (R,)
+        masks = decode_rles(sample["rle"])
+        once = masks.sum(axis=0) == 1  # pixels one region covers: they take its class
+        owner = masks.argmax(axis=0)
+        pred = preds[sample["key"]]
+        assert np.array_equal(pred[once], best[owner[once]]), sample["key"]
+        checked += int(once.sum())
+        labels.append(np.asarray(sample["label"]))
+    assert checked > 0.5 * sum(label.size for label in labels)
+    ordered = [preds[key] for key in sorted(preds)]
+    keys = sorted(preds)
+    samples, _ = read_split(Path(cfg.extract.shard_dir) / "val")
+    by_key = {s["key"]: np.asarray(s["label"]) for s in samples}
+    assert metrics["miou"] == pytest.approx(numpy_miou(ordered, [by_key[k] for k in keys], 21), abs=1e-9)
+    assert metrics["texts"][0] == "background" and len(metrics["texts"]) == 21
+
+
+def test_patch_predictions_are_the_argmax_of_upsampled_unit_features_against_the_texts(root):
+    cfg = config(root, f"{NAME}_patch/minivoc")
+    run(cfg)
+    text = F.normalize(reference_text(cfg), dim=-1)
+    samples, _ = read_split(Path(cfg.extract.shard_dir) / "val")
+    preds, agree, total = predictions(cfg), 0, 0
+    for sample in samples:
+        meta, grid = sample["meta"], torch.from_numpy(sample["patches"].astype(np.float32))  # (d, h, w)
+        unit = F.normalize(grid, dim=0)[None]  # cosines are linear in unit vectors: upsample those instead
+        p, (top, left) = meta["patch_size"], meta["pad"]
+        up = F.interpolate(unit, scale_factor=p, mode="bilinear", align_corners=False)[0]
+        up = up[:, top:top + meta["height"], left:left + meta["width"]]
+        expected = torch.einsum("dhw,cd->chw", up, text).argmax(0).numpy()
+        agree += int((preds[sample["key"]] == expected).sum())
+        total += expected.size
+    assert agree / total > 0.999  # float rounding may flip near-ties only
+
+
+def test_class_probabilities_follow_each_background_rule():
+    cosines = torch.tensor([[0.9, 0.1, 0.0], [0.2, 0.25, 0.21]])
+    plain = (10 * cosines).softmax(-1)
+    assert torch.equal(class_probabilities(cosines, "none", None, 10.0), plain)
+    low = class_probabilities(cosines, "class", 0.5, 10.0)
+    assert torch.equal(low[0], plain[0]) and low[1].tolist() == [1.0, 0.0, 0.0]  # best 0.37 < 0.5: background
+    fg = class_probabilities(cosines, "threshold", 0.5, 10.0)
+    assert fg.shape == (2, 4) and torch.equal(fg[0, 1:], plain[0]) and fg[0, 0] == 0
+    assert fg[1].tolist() == [1.0, 0.0, 0.0, 0.0]
+
+
+def test_threshold_background_drops_class_zero_from_the_texts_and_names_must_fit_the_classes(root):
+    from bench.tasks.zeroshot import text_names
+
+    cfg = config(root, f"{NAME}_region/minivoc", "zeroshot.background=threshold", "zeroshot.threshold=0.2")
+    assert text_names(cfg)[0] == "aeroplane" and len(text_names(cfg)) == 20
+    bad = config(root, f"{NAME}_region/minivoc", "zeroshot.class_names=[a,b]")
+    with pytest.raises(ValueError, match="2 names but dataset.num_classes is 21"):
+        text_names(bad)
+
+
+def test_zeroshot_settings_enter_only_the_zeroshot_tasks_hash(root):
+    cfg = config(root, f"{NAME}_region/minivoc")
+    assert config_hash(cfg) != config_hash(config(root, f"{NAME}_region/minivoc", "zeroshot.logit_scale=40"))
+    seg = load_config(["experiment=quickstart", *TINY])
+    seg_changed = load_config(["experiment=quickstart", *TINY, "zeroshot.logit_scale=40"])
+    assert config_hash(seg) == config_hash(seg_changed)
+
+
+def test_train_py_says_there_is_nothing_to_train(root):
+    from train import train
+
+    with pytest.raises(ValueError, match="nothing to train"):
+        train(config(root, f"{NAME}_region/minivoc"))
+
+
+@pytest.mark.fixtures
+def test_zero_shot_on_the_fixture_coco_photos(root):
+    """The six COCO photos (80 categories, no background class: unlabelled pixels are ignored)."""
+    coco = shared_or_skip() / "coco" / "icevision_sample"
+    cfg = config(root, f"{NAME}_region/minivoc", "dataset=coco", f"dataset.root={coco}",
+                 "dataset.val_split=annotations", "dataset.num_classes=80", "dataset.generate=null",
+                 f"paths.results_root={root / 'coco_results'}",  # not the MiniVOC cell's run directory
+                 "zeroshot.background=none",
+                 "zeroshot.templates=simple", "regions.params.slic.num_components=60")
+    metrics = run(cfg)
+    assert metrics["num_images"] == 6 and metrics["texts"][0] == "person" and len(metrics["texts"]) == 80
+    preds = predictions(cfg)
+    assert len(preds) == 6 and all(p.max() < 80 for p in preds.values())
+    assert 0 <= metrics["miou"] <= 1
