@@ -69,7 +69,7 @@ def eval_cell(cfg: DictConfig) -> dict:
     kept = {"training": training, **{k: training.get(k) for k in ("train_seconds", "epochs")}} if training else {}
     metrics = {**model.test_results, **record, **task.report(cfg),
                "checkpoint": str(checkpoint.relative_to(directory)) if trainable else None,
-               **data_report(datamodule, cfg), **kept,
+               **data_report(datamodule, cfg, task.trains), **kept,
                "eval": {k: record[k] for k in ("config_hash", "world_size", "hardware", "finished_at", "eval_seconds")}}
     if trainer.is_global_zero:
         write_json(directory / "metrics.json", metrics)

@@ -1,13 +1,25 @@
-"""Open-vocabulary queries on region vectors of text-aligned backbones (CLIP family).
+"""Open-vocabulary queries on region vectors of text-aligned backbones (CLIP family, SigLIP 2 text).
 
 Region vectors must be in the joint image-text space: ``clip_vitb32`` with ``project=True``
 (512-d), ``maskclip_vitl14`` (projects by default, 768-d). The text tower comes from the same
-local OpenAI file as the visual tower (nothing is downloaded); the tokenizer is open_clip's
-``SimpleTokenizer``, whose BPE vocabulary ships inside the open_clip package.
+local file as the visual tower (nothing is downloaded). CLIP's tokenizer is open_clip's
+``SimpleTokenizer``, whose BPE vocabulary ships inside the open_clip package; SigLIP 2's is the
+Gemma tokenizer read by ``transformers.AutoTokenizer`` from the files beside the checkpoint (as the
+timm/ViT-*-SigLIP2-* repositories publish them), so ``load_tokenizer`` needs the checkpoint path.
 
     tower = load_text_tower("maskclip_vitl14", "weights/ViT-L-14-336px.pt")
     text = class_text_embeddings(tower, load_tokenizer("maskclip_vitl14"), VOC_NAMES, TEMPLATES)  # (C, D)
     labels = zero_shot_labels(region_feats, text, background="class")                            # (R,)
+
+SigLIP 2 (``siglip2_*``): ``load_text_tower`` and ``load_tokenizer(name, checkpoint)`` give its text
+embeddings (open_clip's ``encode_text``), comparable with the image embedding
+``SiglipBackbone.global_feature``, but NOT with its region vectors: those pool the trunk's patch
+tokens, which SigLIP maps into the joint space only through the attention-pool head (one learned
+query attending over all tokens, then proj + MLP: one vector per image). Neither open_clip
+(``timm_proj='none'``) nor timm (``AttentionPoolLatent`` has no per-token path) offers a dense
+projection, so zero-shot segmentation and text search refuse SigLIP 2 region vectors
+(``check_region_space``) instead of ranking by meaningless cosines; the dimensions would agree
+(768 = 768 for ViT-B), so nothing else would catch it.
 
 Prompt ensembling is CLIP's zero-shot notebook: every template filled with the class name is
 embedded and L2-normalised, the embeddings are averaged, and the mean is L2-normalised again.
@@ -71,45 +83,66 @@ def prompt_templates(name: str) -> list:
 
 def _check_text_backbone(name: str) -> None:
     from bench.backbones.clip import CLIP_BACKBONES  # imports open_clip
+    from bench.backbones.siglip import SIGLIP_BACKBONES
 
+    if name not in CLIP_BACKBONES and name not in SIGLIP_BACKBONES:
+        raise ValueError(f"no text tower for backbone '{name}'; text-aligned backbones: "
+                         f"{sorted(CLIP_BACKBONES) + sorted(SIGLIP_BACKBONES)}")
+
+
+def check_region_space(name: str) -> None:
+    """Refuse region vectors of backbone ``name`` that text cannot be compared with: SigLIP 2's (the
+    trunk's patch tokens, outside the image-text space; see the module docstring). CLIP without
+    ``proj`` is caught by the dimensions (768 vs 512) or by its caller."""
     if name.startswith("siglip2"):
-        raise NotImplementedError(
-            f"{name}: SigLIP 2's text tower needs its Gemma tokenizer, which open_clip takes from the "
-            "`transformers` package (not installed here); open-vocabulary queries support the CLIP "
-            f"family only: {sorted(CLIP_BACKBONES)}")
-    if name not in CLIP_BACKBONES:
-        raise ValueError(f"no text tower for backbone '{name}'; text-aligned backbones: {sorted(CLIP_BACKBONES)}")
+        raise ValueError(
+            f"{name} region vectors pool SigLIP 2's trunk patch tokens, which are not in its image-text space: "
+            "SigLIP reaches that space only through its attention-pool head (trunk.attn_pool: one learned "
+            "query over all tokens, then proj + MLP), which gives one vector per image "
+            "(SiglipBackbone.global_feature), and neither open_clip (timm_proj='none') nor timm offers a "
+            "per-patch projection. Cosines between them and text embeddings would be meaningless (the "
+            "dimensions agree by coincidence). Use a backbone whose region vectors are in the joint space: "
+            "maskclip_vitl14, maskclip_vitb16, or clip_vitb32 / clip_vitb16 with project=true. "
+            f"{name}'s text tower itself loads (bench.openvocab.load_text_tower / load_tokenizer)")
 
 
-class ClipTextTower:
-    """A CLIP text tower (open_clip's ``TextTransformer``, frozen); build with ``load_text_tower``.
+class TextTower:
+    """A frozen open_clip ``TextTransformer`` (CLIP's or SigLIP 2's); build with ``load_text_tower``.
 
     ``encode_text``: (N, context_length) int64 token ids -> (N, embed_dim) float32 on the CPU, the
-    projected end-of-text token, not normalised (as ``CLIP.encode_text``)."""
+    model's own pooled token (CLIP: end of text; SigLIP 2: the last position) projected, not
+    normalised (as open_clip's ``encode_text``)."""
 
     def __init__(self, text: torch.nn.Module):
         self.text = text
         self.device = text.token_embedding.weight.device
         self.context_length = text.context_length
-        self.embed_dim = text.text_projection.shape[1]
+        self.embed_dim = text.output_dim
 
     @torch.inference_mode()
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.text(tokens.to(self.device)).float().cpu()
 
 
-def load_text_tower(name: str, checkpoint: str | Path, device: str = "cpu") -> ClipTextTower:
-    """The text tower of CLIP backbone ``name`` (a key of CLIP_BACKBONES) from the same local file as
-    its visual tower: OpenAI's TorchScript archive or any state dict ``read_clip_state_dict`` takes.
-    The file's visual tower must be the published architecture of ``name`` or its tiny test one
-    (so a ViT-B/32 file is refused for maskclip_vitl14); the text architecture is read from the
-    file (heads = width // 64, QuickGELU, causal mask, end-of-text pooling: OpenAI's)."""
+def load_text_tower(name: str, checkpoint: str | Path, device: str = "cpu") -> TextTower:
+    """The text tower of backbone ``name`` from the same local file as its visual tower.
+
+    CLIP (a key of CLIP_BACKBONES): OpenAI's TorchScript archive or any state dict
+    ``read_clip_state_dict`` takes. The file's visual tower must be the published architecture of
+    ``name`` or its tiny test one (so a ViT-B/32 file is refused for maskclip_vitl14); the text
+    architecture is read from the file (heads = width // 64, QuickGELU, causal mask, end-of-text
+    pooling: OpenAI's).
+    SigLIP 2 (a key of SIGLIP_BACKBONES): open_clip's ``open_clip_model.safetensors`` /
+    ``open_clip_pytorch_model.bin``; ``text.*`` is loaded strictly into open_clip's text tower of
+    that model's config (or of its tiny test version, ``siglip.tiny_text_cfg``)."""
+    _check_text_backbone(name)
+    if name.startswith("siglip2"):
+        return _load_siglip_text_tower(name, checkpoint, device)
     from open_clip.transformer import QuickGELU, TextTransformer
 
     from bench.backbones.clip import (CLIP_BACKBONES, existing_checkpoint, published_arch, read_clip_state_dict,
                                       tiny_arch, visual_arch)
 
-    _check_text_backbone(name)
     spec = CLIP_BACKBONES[name]
     path = existing_checkpoint(name, checkpoint)
     official = f"the official file is {spec.file}, published at {spec.url}"
@@ -132,22 +165,98 @@ def load_text_tower(name: str, checkpoint: str | Path, device: str = "cpu") -> C
         layers=len({k.split(".")[2] for k in text_state if k.startswith("transformer.resblocks.")}),
         output_dim=text_state["text_projection"].shape[1], act_layer=QuickGELU)
     text.load_state_dict(text_state, strict=True)
-    return ClipTextTower(text.to(device).eval().requires_grad_(False))
+    return TextTower(text.to(device).eval().requires_grad_(False))
 
 
-def load_tokenizer(name: str, context_length: int = 77) -> Callable[[Sequence[str]], torch.Tensor]:
-    """open_clip's ``SimpleTokenizer`` (OpenAI's BPE, vocabulary file inside the open_clip package:
-    no download) for the CLIP backbone ``name``: list of N strings -> (N, context_length) int64."""
+def _siglip_text_cfgs(name: str) -> dict[str, tuple[int, dict]]:
+    """{"published" | "tiny": (embed_dim, open_clip text_cfg)} of SigLIP 2 backbone ``name``."""
+    import open_clip
+
+    from bench.backbones.siglip import SIGLIP_BACKBONES, TINY, tiny_text_cfg
+
+    cfg = open_clip.get_model_config(SIGLIP_BACKBONES[name].open_clip_model)
+    text = {k: v for k, v in cfg["text_cfg"].items() if k not in ("hf_tokenizer_name", "tokenizer_kwargs")}
+    return {"published": (cfg["embed_dim"], text), "tiny": (TINY["embed_dim"], tiny_text_cfg(name))}
+
+
+def _load_siglip_text_tower(name: str, checkpoint: str | Path, device: str) -> TextTower:
+    from open_clip.model import _build_text_tower
+
+    from bench.backbones.siglip import OFFICIAL_FILE, TINY, published_at, read_checkpoint
+    from bench.weights import state_dict_diff
+
+    path = Path(checkpoint).expanduser()
+    official = f"the official file is {OFFICIAL_FILE}, published at {published_at(name)}"
+    if not path.is_file():
+        raise FileNotFoundError(f"{name} checkpoint not found: {path} — {official}")
+    state = read_checkpoint(path)
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):  # an open_clip training checkpoint
+        state = state["state_dict"]
+    state = {k.removeprefix("module.")[len("text."):]: v.float() for k, v in state.items()
+             if k.removeprefix("module.").startswith("text.") and isinstance(v, torch.Tensor)}
+    if not state:
+        raise ValueError(f"checkpoint {path.name} has no text tower (no text.* keys) — {official}")
+    given = {k: tuple(v.shape) for k, v in state.items()}
+    # the published tower, or the tiny test one (its token width is TINY's)
+    size = "tiny" if given.get("token_embedding.weight", (0, 0))[-1] == TINY["embed_dim"] else "published"
+    embed_dim, text_cfg = _siglip_text_cfgs(name)[size]
+    with torch.device("meta"):  # shapes only: a real-size tower is not initialised just to be overwritten
+        expected = {k: tuple(v.shape) for k, v in _build_text_tower(embed_dim, text_cfg).state_dict().items()}
+    if given != expected:
+        raise ValueError(f"the text tower in {path.name} does not fit {'tiny ' if size == 'tiny' else ''}{name}: "
+                         f"keys {state_dict_diff(expected, given, limit=4, prefix='text.')} — {official}")
+    with torch.device("meta"):
+        text = _build_text_tower(embed_dim, text_cfg)
+    text.load_state_dict(state, strict=True, assign=True)  # every text.* key of the file, no other
+    return TextTower(text.to(device).eval().requires_grad_(False))
+
+
+def load_tokenizer(name: str, checkpoint: str | Path | None = None,
+                   context_length: int | None = None) -> Callable[[Sequence[str]], torch.Tensor]:
+    """The tokenizer of text-aligned backbone ``name``: list of N strings -> (N, context_length) int64.
+
+    CLIP: open_clip's ``SimpleTokenizer`` (OpenAI's BPE, vocabulary file inside the open_clip
+    package: no download), context 77; ``checkpoint`` is not needed.
+    SigLIP 2: open_clip's ``HFTokenizer`` over ``transformers.AutoTokenizer`` on the Gemma tokenizer
+    files in ``checkpoint``'s folder (``siglip.TOKENIZER_FILES``; ``local_files_only``: no download),
+    with the model's open_clip settings: context 64, ``clean="canonicalize"`` (lower case, punctuation
+    removed, whitespace collapsed), padded with <pad> to the context and truncated."""
+    _check_text_backbone(name)
+    if name.startswith("siglip2"):
+        return _load_siglip_tokenizer(name, checkpoint, context_length)
     from open_clip.tokenizer import SimpleTokenizer
 
-    _check_text_backbone(name)
-    return SimpleTokenizer(context_length=context_length)
+    return SimpleTokenizer(context_length=context_length or 77)
+
+
+def _load_siglip_tokenizer(name: str, checkpoint: str | Path | None, context_length: int | None):
+    import open_clip
+    from open_clip.tokenizer import HFTokenizer
+
+    from bench.backbones.siglip import SIGLIP_BACKBONES, TOKENIZER_FILES, published_at
+
+    if checkpoint is None:
+        raise ValueError(f"{name}'s Gemma tokenizer is read from the files beside its checkpoint: "
+                         f"load_tokenizer('{name}', checkpoint)")
+    path = Path(checkpoint).expanduser()
+    folder = path.parent
+    for file in TOKENIZER_FILES:
+        if not (folder / file).is_file():
+            raise FileNotFoundError(
+                f"{name}'s tokenizer file {file} is not in {folder} (it is read beside the checkpoint {path.name}): "
+                f"the Gemma tokenizer files {', '.join(TOKENIZER_FILES)} (and special_tokens_map.json) are published "
+                f"next to open_clip_model.safetensors at {published_at(name)}; put them in {folder} (for a tiny "
+                f"random checkpoint: bench.backbones.siglip.save_random_tokenizer('{folder}'))")
+    text_cfg = open_clip.get_model_config(SIGLIP_BACKBONES[name].open_clip_model)["text_cfg"]
+    return HFTokenizer(str(folder), context_length=context_length or text_cfg["context_length"],
+                       tokenizer_mode=text_cfg.get("tokenizer_mode"), local_files_only=True,
+                       **text_cfg.get("tokenizer_kwargs", {}))
 
 
 # ----------------------------------------------------------------------------------------------
 # Math
 
-def class_text_embeddings(tower: ClipTextTower, tokenizer: Callable[[Sequence[str]], torch.Tensor],
+def class_text_embeddings(tower: TextTower, tokenizer: Callable[[Sequence[str]], torch.Tensor],
                           class_names: Sequence[str], templates: Sequence[Callable[[str], str]]) -> torch.Tensor:
     """(C, D) float32, row c = the prompt ensemble of ``class_names[c]``: every template filled with
     the name, each embedding L2-normalised, averaged, and the mean L2-normalised again."""

@@ -127,13 +127,11 @@ def build_trainer(cfg: DictConfig, directory: Path, checkpoints: bool = True) ->
     return pl.Trainer(**args, logger=build_logger(cfg, directory), callbacks=callbacks, default_root_dir=directory)
 
 
-def data_report(datamodule: RegionShardDataModule, cfg: DictConfig) -> dict:
+def data_report(datamodule: RegionShardDataModule, cfg: DictConfig, trains: bool = True) -> dict:
     """What every metrics.json says about its data: images extraction could not read (counted and
     named, per split) and the val split's region statistics (regions/image, coverage, s/image).
-    The splits: train and val, or val alone for a task that trains nothing (zero-shot)."""
-    from bench.tasks import get_task
-
-    splits = [cfg.dataset.train_split] * get_task(cfg.task).trains + [cfg.dataset.val_split]
+    The splits: train and val, or val alone for a task that ``trains`` nothing (zero-shot)."""
+    splits = [cfg.dataset.train_split] * trains + [cfg.dataset.val_split]
     stats = datamodule.manifest(cfg.dataset.val_split)["region_stats"]
     return {"skipped": {split: datamodule.manifest(split)["skipped"] for split in splits},
             "notes": {split: datamodule.manifest(split).get("notes", {}) for split in splits},

@@ -106,7 +106,7 @@ def test_deterministic_and_accepts_gray():
 def test_registry():
     assert BACKBONES["colortexture"] is ColorTextureBackbone
     assert set(BACKBONES) == {"colortexture", "dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14", "dinov2_vitg14",
-                              "dino_vitb16", "imagenet_vitl", "clip_vitb32", "maskclip_vitl14",
+                              "dino_vitb16", "imagenet_vitl", "clip_vitb32", "maskclip_vitl14", "clip_vitb16", "maskclip_vitb16",
                               "dinov2_vits14_reg", "dinov2_vitb14_reg", "dinov2_vitl14_reg", "dinov2_vitg14_reg",
                               "dinov3_vits16", "dinov3_vits16plus", "dinov3_vitb16", "dinov3_vitl16", "dinov3_vith16plus",
                               "dinov3_vit7b16", "siglip2_vitb16", "siglip2_vitb16_256", "siglip2_vitb16_384",

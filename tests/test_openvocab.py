@@ -200,10 +200,11 @@ def test_tokenizer_and_tower_need_no_network(no_network, ckpt):
 # ----------------------------------------------------------------------------------------------
 # (e) errors
 
-@pytest.mark.parametrize("load", [lambda n: load_text_tower(n, "nowhere.pt"), load_tokenizer])
-def test_siglip2_says_transformers_is_needed(load):
-    with pytest.raises(NotImplementedError, match="transformers"):
-        load("siglip2_vitb16_256")
+def test_siglip2_text_needs_its_files():  # its tower and tokenizer: tests/test_openvocab_siglip.py
+    with pytest.raises(FileNotFoundError, match=r"open_clip_model\.safetensors"):
+        load_text_tower("siglip2_vitb16_256", "nowhere.safetensors")
+    with pytest.raises(ValueError, match="tokenizer is read from the files beside its checkpoint"):
+        load_tokenizer("siglip2_vitb16_256")
 
 
 @pytest.mark.parametrize("name, file", [("clip_vitb32", "ViT-B-32.pt"), ("maskclip_vitl14", "ViT-L-14-336px.pt")])

@@ -195,7 +195,7 @@ def test_text_errors_come_before_any_work(scenes):
         search.query(colour, text="a step ladder")
     assert "'clip_vitb32'" in str(err.value) and "'maskclip_vitl14'" in str(err.value)
     siglip = config_only(root, index(), "siglip2_vitb16")
-    with pytest.raises(NotImplementedError, match="backbone.name=siglip2_vitb16.*`transformers` package"):
+    with pytest.raises(ValueError, match="backbone.name=siglip2_vitb16.*patch tokens, which are not in its image-text"):
         search.query(siglip, text="a step ladder")
     unprojected = config_only(root, index(), "clip_vitb32", project=None)
     with pytest.raises(ValueError, match=r"before CLIP's proj.*backbone.params.clip_vitb32.project=true"):

@@ -21,10 +21,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_registry_is_a_plain_dict_of_tasks_and_an_unknown_name_lists_the_valid_ones():
-    assert list(TASKS) == ["segmentation", "retrieval", "multiview", "video"]
+    assert list(TASKS) == ["segmentation", "retrieval", "multiview", "video", "zeroshot"]
     assert all(isinstance(t, Task) and t.name == n for n, t in TASKS.items())
     assert TASKS["segmentation"].trains and not TASKS["retrieval"].trains and TASKS["retrieval"].evaluate
-    with pytest.raises(ValueError, match="task='audio' is unknown; valid: segmentation, retrieval, multiview, video"):
+    with pytest.raises(ValueError, match="task='audio' is unknown; valid: segmentation, retrieval, multiview, video, zeroshot"):
         get_task("audio")
 
 

@@ -38,16 +38,17 @@ def config(root: Path, cell: str, *extra: str):
 def reference_text(cfg) -> torch.Tensor:
     """(C, D) prompt ensembles by open_clip's own CLIP model from the same file, written out here."""
     import open_clip
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES, SIMPLE_IMAGENET_TEMPLATES
 
-    from bench.openvocab import TEMPLATES
     from bench.tasks.zeroshot import text_names
 
+    templates = {"imagenet": OPENAI_IMAGENET_TEMPLATES, "simple": SIMPLE_IMAGENET_TEMPLATES}[cfg.zeroshot.templates]
     model = open_clip.load_openai_model(cfg.backbone.params[NAME].checkpoint, precision="fp32", device="cpu").eval()
     tokenizer = open_clip.get_tokenizer("ViT-L-14-336")
     rows = []
     with torch.no_grad():
         for name in text_names(cfg):
-            each = model.encode_text(tokenizer([t(name) for t in TEMPLATES]))
+            each = model.encode_text(tokenizer([t(name) for t in templates]))
             mean = (each / each.norm(dim=-1, keepdim=True)).mean(0)
             rows.append(mean / mean.norm())
     return torch.stack(rows)

@@ -31,7 +31,13 @@ untouched at exactly g x g. This is what timm does for these trunks at another i
 
 Tiny models (tests, smoke runs): ``TINY`` overrides depth/width of the same timm class;
 ``save_random_checkpoint(name, path)`` writes one in open_clip's full-model layout (with a tiny
-text tower); ``tiny=None`` at load infers it from the file.
+text tower) and a tiny tokenizer beside it (``save_random_tokenizer``); ``tiny=None`` at load infers
+it from the file.
+
+Text: the same file holds the text tower (``text.*``), and the published repository holds the Gemma
+tokenizer beside it (``TOKENIZER_FILES``; open_clip's ``hf_tokenizer_name`` is the model's own repo);
+``bench.openvocab`` loads both for open-vocabulary queries, but the patch grid above is NOT in the
+image-text space (see ``bench.openvocab.check_region_space``).
 """
 from __future__ import annotations
 
@@ -80,6 +86,10 @@ SIGLIP_BACKBONES = {
 
 OFFICIAL_FILE = "open_clip_model.safetensors (or open_clip_pytorch_model.bin)"
 TINY = {"depth": 2, "embed_dim": 64, "num_heads": 2}  # same timm class, fewer blocks, narrower
+TINY_VOCAB = 512  # the tiny text tower's vocabulary = save_random_tokenizer's, token for token
+# the Gemma tokenizer files of every timm/ViT-*-SigLIP2-* repository that transformers.AutoTokenizer reads
+# (the repositories also hold special_tokens_map.json, read when present)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -231,14 +241,59 @@ def tiny_text_cfg(name: str) -> dict:
     text = dict(open_clip.get_model_config(_spec(name).open_clip_model)["text_cfg"])
     text.pop("hf_tokenizer_name", None)
     text.pop("tokenizer_kwargs", None)
-    return dict(text, vocab_size=512, width=TINY["embed_dim"], heads=TINY["num_heads"], layers=1)
+    return dict(text, vocab_size=TINY_VOCAB, width=TINY["embed_dim"], heads=TINY["num_heads"], layers=1)
 
 
-def save_random_checkpoint(name: str, path: str | Path, seed: int = 0) -> Path:
+# Gemma's special tokens at Gemma's ids (<pad> 0, <eos> 1, <bos> 2, <unk> 3, <mask> 4), then its 256
+# byte-fallback tokens; the rest of the tiny vocabulary is BPE merges learnt from OpenAI's 80 ImageNet templates
+# filled with these names
+_GEMMA_SPECIAL = ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>")
+_TINY_CORPUS_NAMES = ("background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
+                      "cow", "dining table", "dog", "horse", "motorbike", "person", "potted plant", "sheep", "sofa",
+                      "train", "tv monitor", "a step ladder", "a person riding a horse")
+
+
+def save_random_tokenizer(directory: str | Path) -> list[Path]:
+    """A tiny Gemma-style tokenizer in ``directory`` (``TOKENIZER_FILES``), as the timm SigLIP 2
+    repositories ship theirs: ``tokenizer.json`` (byte-fallback BPE, spaces -> "▁", built with the
+    ``tokenizers`` library: exactly TINY_VOCAB tokens, merges learnt from prompt sentences) and
+    ``tokenizer_config.json`` (``GemmaTokenizer``; <eos> appended, no <bos>, pad right: choices for the
+    tiny one, the published files carry their own, which AutoTokenizer applies alike). Deterministic;
+    ``transformers.AutoTokenizer`` loads it as a fast tokenizer. Returns the two paths."""
+    import json
+
+    from open_clip.zero_shot_metadata import OPENAI_IMAGENET_TEMPLATES
+    from tokenizers import Tokenizer, decoders, models, normalizers, processors, trainers
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tokenizer.normalizer = normalizers.Replace(" ", "\u2581")
+    tokenizer.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
+    special = [*_GEMMA_SPECIAL, *(f"<0x{i:02X}>" for i in range(256))]
+    tokenizer.train_from_iterator([t(n) for n in _TINY_CORPUS_NAMES for t in OPENAI_IMAGENET_TEMPLATES],
+                                  trainers.BpeTrainer(vocab_size=TINY_VOCAB, special_tokens=special,
+                                                      show_progress=False))
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A <eos>", pair="$A <eos> $B <eos>",
+                                                             special_tokens=[("<eos>", 1)])
+    if tokenizer.get_vocab_size() != TINY_VOCAB:  # the tower's embedding table has TINY_VOCAB rows
+        raise RuntimeError(f"the tiny tokenizer has {tokenizer.get_vocab_size()} tokens, not {TINY_VOCAB}")
+    config = {"tokenizer_class": "GemmaTokenizer", "pad_token": "<pad>", "eos_token": "<eos>", "bos_token": "<bos>",
+              "unk_token": "<unk>", "mask_token": "<mask>", "add_bos_token": False, "add_eos_token": True,
+              "padding_side": "right", "model_max_length": 64}
+    paths = [directory / f for f in TOKENIZER_FILES]
+    tokenizer.save(str(paths[0]))
+    paths[1].write_text(json.dumps(config, indent=2) + "\n")
+    return paths
+
+
+def save_random_checkpoint(name: str, path: str | Path, seed: int = 0, tokenizer: bool = True) -> Path:
     """A random tiny ``name`` in open_clip's full-model layout (``visual.trunk.*`` of the TINY
     trunk, a tiny ``text.*`` tower built by open_clip, ``logit_scale``, ``logit_bias``);
     ``.safetensors`` path: safetensors, else torch.save. Same seed, same file; global RNG untouched.
-    Norm weights and biases (timm: 1 / 0) and the pool's latent query are randomised too."""
+    Norm weights and biases (timm: 1 / 0) and the pool's latent query are randomised too.
+    ``tokenizer``: also write the tiny tokenizer (``save_random_tokenizer``) into the file's folder,
+    where ``bench.openvocab.load_tokenizer`` looks for it, as in the published repositories."""
     from open_clip.model import _build_text_tower
 
     with torch.random.fork_rng(devices=[]):
@@ -254,6 +309,8 @@ def save_random_checkpoint(name: str, path: str | Path, seed: int = 0) -> Path:
                  **{f"text.{k}": v for k, v in text.state_dict().items()},
                  "logit_scale": torch.tensor(np.log(10.0), dtype=torch.float32),
                  "logit_bias": torch.tensor(-10.0)}
+    if tokenizer:
+        save_random_tokenizer(Path(path).parent)
     return save_state_dict(state, path)
 
 

@@ -3,7 +3,8 @@
 Unit and shards: segmentation's (``hist.npy``, ``label.png``), of the val split only, so a shard
 set extracted for segmentation serves here too. The class names (``zeroshot.class_names`` or the
 dataset's) are embedded by the backbone's own text tower (``bench.openvocab``: CLIP / MaskCLIP, from
-the same local checkpoint file) with prompt ensembling; each region vector (``model.kind=region``)
+the same local checkpoint file; SigLIP 2 is refused, its patch tokens are outside the image-text
+space: ``openvocab.check_region_space``) with prompt ensembling; each region vector (``model.kind=region``)
 or patch vector (``model.kind=patch``, shards with ``extract.patches=true``) gets the softmax of its
 scaled cosine similarities to them (``models.zeroshot``), painted and scored with segmentation's
 exact mIoU. ``eval.py`` runs it; ``train.py`` has nothing to fit.
@@ -21,6 +22,9 @@ from datamodules.datasets import class_names, dataset_items
 
 def extract(cfg: DictConfig, task: Task) -> dict:
     from bench.extraction import extract_splits
+    from bench.openvocab import check_region_space
+
+    check_region_space(cfg.backbone.name)  # before any work: text cannot score these region vectors
 
     return extract_splits(cfg, lambda c: (c.dataset.val_split,), task)
 
@@ -42,12 +46,15 @@ def text_names(cfg: DictConfig) -> list[str]:
 
 def text_embeddings(cfg: DictConfig):
     """(T, D) class text embeddings from the backbone's text tower (its checkpoint file)."""
-    from bench.openvocab import class_text_embeddings, load_text_tower, load_tokenizer, prompt_templates
+    from bench.openvocab import (check_region_space, class_text_embeddings, load_text_tower, load_tokenizer,
+                                 prompt_templates)
 
     name = cfg.backbone.name
+    check_region_space(name)
     templates = prompt_templates(cfg.zeroshot.templates)  # an unknown name fails before the tower loads
-    tower = load_text_tower(name, cfg.backbone.params[name].checkpoint)
-    return class_text_embeddings(tower, load_tokenizer(name), text_names(cfg), templates)
+    checkpoint = cfg.backbone.params[name].checkpoint
+    tower = load_text_tower(name, checkpoint)
+    return class_text_embeddings(tower, load_tokenizer(name, checkpoint), text_names(cfg), templates)
 
 
 def build_model(cfg: DictConfig, manifest: dict):

@@ -46,8 +46,10 @@ RANDOM_CHECKPOINTS = {
     "maskclip_vitl14_tiny_random.pt": lambda p: backbones_clip.save_random_checkpoint("maskclip_vitl14", p, tiny=True),
     "clip_vitb16_tiny_random.pt": lambda p: backbones_clip.save_random_checkpoint("clip_vitb16", p, tiny=True),
     # SigLIP 2 and C-RADIO: the names experiments/backbones_2025.yaml runs (its DINOv2-reg and DINOv3 files are above)
-    "siglip2_vitb16_256_tiny_random.safetensors":  # open_clip's open_clip_model.safetensors layout
-        lambda p: backbones_siglip.save_random_checkpoint("siglip2_vitb16_256", p),
+    # open_clip's open_clip_model.safetensors layout (trunk + tiny text tower), and beside it, as in the timm
+    # repositories, a tiny Gemma-style tokenizer.json + tokenizer_config.json (bench.openvocab.load_tokenizer)
+    "siglip2_vitb16_256_tiny_random.safetensors":
+        lambda p: backbones_siglip.save_random_checkpoint("siglip2_vitb16_256", p, tokenizer=True),
     "radio_v3_vitl16_tiny_random.safetensors":  # NVIDIA's model.safetensors layout (128x128 table: 4 MB)
         lambda p: backbones_radio.save_random_checkpoint("radio_v3_vitl16", p, layout="nvidia"),
 }

@@ -30,8 +30,9 @@ in CLIP's joint image-text space: MaskCLIP (``backbone.name=maskclip_vitl14``, p
 or CLIP with ``proj`` (``backbone.name=clip_vitb32 backbone.params.clip_vitb32.project=true``; its
 default is the paper's 768-d tokens before ``proj``, which text cannot be compared with: such an
 index is refused with this fix). The text tower comes from the backbone's own local OpenAI file (``bench.openvocab``;
-nothing is downloaded); SigLIP 2 and the vision-only backbones have none, and say so before any
-work. The text is embedded and every image scored by its best region's cosine similarity to it.
+nothing is downloaded); the vision-only backbones have none, and SigLIP 2's region vectors (trunk
+patch tokens) are outside its image-text space (``openvocab.check_region_space``): both say so before
+any work. The text is embedded and every image scored by its best region's cosine similarity to it.
 ``templates``: none (default) embeds the text as typed; simple / imagenet ensemble it through
 open_clip's 7 / 80 ImageNet templates ("a photo of a {}.", ...; each prompt normalised, averaged,
 renormalised). None is the default because the templates were written around bare class names:
@@ -236,16 +237,18 @@ def text_embedding(cfg: DictConfig, index_dir: Path, text: str, templates: str =
     """The (D,) unit embedding of ``text`` by the text tower of the index's backbone (from the same
     local checkpoint as its image tower). Refuses, before loading anything, a backbone without a
     text tower and region vectors outside the joint image-text space."""
-    from bench.openvocab import class_text_embeddings, load_text_tower, load_tokenizer, prompt_templates
+    from bench.openvocab import (check_region_space, class_text_embeddings, load_text_tower, load_tokenizer,
+                                 prompt_templates)
 
     name = cfg.backbone.name
     chosen = prompt_templates(templates)
-    try:
-        tokenizer = load_tokenizer(name)  # also the check that ``name`` has a text tower
-    except (ValueError, NotImplementedError) as err:
-        raise type(err)(f"text= needs an index built with a text-aligned backbone, but {index_dir} was built "
-                        f"with backbone.name={name}: {err}") from None
     params = OmegaConf.to_container(cfg.backbone.params.get(name, {}), resolve=True)
+    try:
+        check_region_space(name)
+        tokenizer = load_tokenizer(name, params.get("checkpoint"))  # also the check that ``name`` has a text tower
+    except ValueError as err:
+        raise ValueError(f"text= needs an index of region vectors in a text-aligned backbone's image-text space, "
+                         f"but {index_dir} was built with backbone.name={name}: {err}") from None
     projected = params.get("project")
     if projected is None:
         projected = name.startswith("maskclip")  # load_clip_backbone's default: only MaskCLIP projects
