@@ -12,6 +12,12 @@ probabilities are softmax(logit_scale * cosine) over the text rows (``class_prob
 Background (``background``, see ``bench.openvocab``): "class" (the dataset's class 0 has its own
 text, e.g. "background"), "threshold" (class 0 has no text: a vector whose best foreground
 probability is below ``threshold`` is background) or "none" (no background class: ADE20K, COCO).
+
+Prompt denoising (``denoise``, MaskCLIP's training-free refinement, its head's ``pd_thresh``): per
+image, a text whose highest probability over all the image's vectors (regions, or patches before
+upsampling) stays below the threshold is taken out (its cosine set to -100, as MaskCLIP's head sets
+its logit), so the image is labelled with the classes some vector is confident about. MaskCLIP
+computes those probabilities at scale 100; here at ``logit_scale``.
 """
 from __future__ import annotations
 
@@ -38,12 +44,23 @@ def class_probabilities(cosines: Tensor, background: str, threshold: float | Non
     return probs
 
 
+def denoise(cosines: Tensor, threshold: float | None, logit_scale: float) -> Tensor:
+    """(N, T) cosines of one image's vectors -> the same with every text whose highest probability
+    softmax(logit_scale * cosine) over the N vectors is below ``threshold`` set to -100 (unchanged
+    for None, or if that would take out every text)."""
+    if threshold is None or len(cosines) == 0:
+        return cosines
+    weak = (logit_scale * cosines).softmax(dim=-1).amax(dim=0) < threshold  # (T,)
+    return cosines if weak.all() else cosines.masked_fill(weak, -100.0)
+
+
 class ZeroShot:
     """What both zero-shot segmenters share: the text rows and the probability rule."""
 
     trainable = False
 
-    def set_text(self, text: Tensor, background: str, threshold: float | None, logit_scale: float) -> None:
+    def set_text(self, text: Tensor, background: str, threshold: float | None, logit_scale: float,
+                 prompt_denoising: float | None = None) -> None:
         """text (T, D): one row per class (T = C, or C - 1 with background "threshold")."""
         if background not in BACKGROUNDS:
             raise ValueError(f"zeroshot.background={background!r}; valid: {', '.join(BACKGROUNDS)}")
@@ -54,10 +71,11 @@ class ZeroShot:
                              "have: set zeroshot.threshold=null")
         self.register_buffer("text", text.float())
         self.rule = (background, threshold, logit_scale)
+        self.denoising = prompt_denoising
 
-    def probabilities(self, vectors: Tensor) -> Tensor:
-        """(N, D) region or patch vectors -> (N, C) class probabilities."""
-        return class_probabilities(zero_shot_logits(vectors, self.text), *self.rule)
+    def cosines(self, vectors: Tensor) -> Tensor:
+        """(N, D) vectors of one image -> (N, T) cosines to the texts, prompt-denoised if asked."""
+        return denoise(zero_shot_logits(vectors, self.text), self.denoising, self.rule[2])
 
     def configure_optimizers(self):
         return None
@@ -65,7 +83,11 @@ class ZeroShot:
 
 class ZeroShotRegions(ZeroShot, RegionSegmenter):
     def predict_pixels(self, batch: dict) -> list[Tensor]:
-        return self.paint(self.probabilities(batch["feats"]), batch)
+        cosines = torch.zeros(len(batch["feats"]), len(self.text), device=self.text.device)
+        for i in range(len(batch["rles"])):  # denoising looks at one image's regions at a time
+            mine = batch["image_index"] == i
+            cosines[mine] = self.cosines(batch["feats"][mine])
+        return self.paint(class_probabilities(cosines, *self.rule), batch)
 
 
 class ZeroShotPatches(ZeroShot, PatchSegmenter):
@@ -73,7 +95,7 @@ class ZeroShotPatches(ZeroShot, PatchSegmenter):
         preds = []
         for patches, meta in zip(batch["patches"], batch["metas"]):
             d, h, w = patches.shape
-            cosines = zero_shot_logits(patches.reshape(d, h * w).T, self.text).T.reshape(1, -1, h, w)
+            cosines = self.cosines(patches.reshape(d, h * w).T).T.reshape(1, -1, h, w)
             p, (top, left) = meta["patch_size"], meta["pad"]
             cosines = F.interpolate(cosines, size=(h * p, w * p), mode="bilinear", align_corners=False)[0]
             cosines = cosines[:, top:top + meta["height"], left:left + meta["width"]]  # (T, H, W)

@@ -13,7 +13,7 @@ from PIL import Image
 from bench.config import cell_config, config_hash, load_config
 from bench.rle import decode_rles
 from bench.shards import read_split
-from models.zeroshot import class_probabilities
+from models.zeroshot import ZeroShotPatches, ZeroShotRegions, class_probabilities, denoise
 from tests.conftest import TINY, shared_or_skip
 
 NAME = "maskclip_vitl14"
@@ -174,3 +174,52 @@ def test_zero_shot_on_the_fixture_coco_photos(root):
     preds = predictions(cfg)
     assert len(preds) == 6 and all(p.max() < 80 for p in preds.values())
     assert 0 <= metrics["miou"] <= 1
+
+
+def test_prompt_denoising_drops_the_texts_no_vector_of_the_image_is_confident_about():
+    cosines = torch.tensor([[0.30, 0.28, 0.10], [0.31, 0.05, 0.29]])
+    probs = (10 * cosines).softmax(-1)  # the best of text 0: 0.53, text 1: 0.42 (row 0), text 2: 0.43 (row 1)
+    out = denoise(cosines, 0.425, 10.0)
+    assert out[:, 1].tolist() == [-100.0, -100.0] and torch.equal(out[:, [0, 2]], cosines[:, [0, 2]])
+    assert probs[:, 1].max() < 0.425 <= probs[:, 2].max()
+    assert torch.equal(denoise(cosines, None, 10.0), cosines)
+    assert torch.equal(denoise(cosines, 0.99, 10.0), cosines)  # every text weak: nothing is taken out
+
+
+def test_region_model_denoises_each_image_on_its_own_regions():
+    """Two images share three region vectors; region 2 leans to text 2 (probability 0.44). Image 0 has
+    a fourth region sure of text 2, image 1 has none: text 2 survives in image 0 and is dropped in
+    image 1, where region 2 takes its next class, text 0."""
+    from bench.rle import encode_rles
+
+    text = torch.eye(3)
+    shared = torch.tensor([[1.0, 0.2, 0.0], [0.1, 1.0, 0.0], [0.5, 0.48, 0.53]])
+    feats = torch.cat([shared, torch.tensor([[0.0, 0.0, 1.0]]), shared])  # image 0: 4 regions, image 1: 3
+    index = torch.tensor([0, 0, 0, 0, 1, 1, 1])
+    masks = np.zeros((4, 4, 4), dtype=bool)
+    for r in range(4):
+        masks[r, r] = True  # region r covers row r alone
+    batch = {"feats": feats, "image_index": index, "labels": [torch.zeros(4, 4, dtype=torch.int64)] * 2,
+             "rles": [encode_rles(masks), encode_rles(masks[:3])]}
+    probs = (10 * F.normalize(shared, dim=-1) @ text.T).softmax(-1)
+    assert probs[2].argmax() == 2 and probs[:, 2].max() < 0.5 and (probs.amax(0)[:2] >= 0.5).all()
+    model = ZeroShotRegions(in_dim=3, num_classes=3)
+    model.set_text(text, "none", None, 10.0, prompt_denoising=0.5)
+    first, second = model.predict_pixels(batch)
+    assert [first[r, 0].item() for r in range(4)] == [0, 1, 2, 2]
+    assert [second[r, 0].item() for r in range(3)] == [0, 1, 0]
+    model.set_text(text, "none", None, 10.0)  # without denoising: region 2 is text 2 in both images
+    assert [model.predict_pixels(batch)[1][r, 0].item() for r in range(3)] == [0, 1, 2]
+
+
+def test_patch_model_denoises_on_the_patch_grid_before_upsampling():
+    """A 2x2 grid whose patch (0, 1) leans to text 2 at probability 0.44: with denoising no pixel is text 2."""
+    text = torch.eye(3)
+    grid = torch.tensor([[[1.0, 0.5], [0.1, 1.0]], [[0.2, 0.48], [1.0, 0.1]], [[0.0, 0.53], [0.0, 0.0]]])  # (3, 2, 2)
+    batch = {"patches": [grid], "metas": [{"patch_size": 4, "pad": [0, 0], "height": 8, "width": 8}]}
+    model = ZeroShotPatches(in_dim=3, num_classes=3)
+    model.set_text(text, "none", None, 10.0)
+    assert (model.predict_pixels(batch)[0] == 2).any()
+    model.set_text(text, "none", None, 10.0, prompt_denoising=0.5)
+    pred = model.predict_pixels(batch)[0]
+    assert pred.shape == (8, 8) and not (pred == 2).any() and (pred == 0).any() and (pred == 1).any()

@@ -61,13 +61,15 @@ def build_model(cfg: DictConfig, manifest: dict):
     from models.zeroshot import MODELS
 
     model = runs.build_model(cfg, manifest, MODELS)
-    model.set_text(text_embeddings(cfg), cfg.zeroshot.background, cfg.zeroshot.threshold, cfg.zeroshot.logit_scale)
+    model.set_text(text_embeddings(cfg), cfg.zeroshot.background, cfg.zeroshot.threshold, cfg.zeroshot.logit_scale,
+                   cfg.zeroshot.prompt_denoising)
     return model
 
 
 def report(cfg: DictConfig) -> dict:
     return {**segmentation.report(cfg), "texts": text_names(cfg),
-            "zeroshot": {k: cfg.zeroshot[k] for k in ("templates", "background", "threshold", "logit_scale")}}
+            "zeroshot": {k: cfg.zeroshot[k] for k in ("templates", "background", "threshold", "logit_scale",
+                                                      "prompt_denoising")}}
 
 
 TASK = Task(
