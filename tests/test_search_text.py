@@ -214,6 +214,22 @@ def test_text_errors_come_before_any_work(scenes):
             search.query(projected, **kwargs)
 
 
+def test_the_command_line_prints_a_refusal_alone_and_exits_2(scenes):
+    """What the user asked for is wrong, not the code: the message on stderr, no traceback."""
+    import subprocess
+    import sys
+
+    root, _, index = scenes
+    colour = config_only(root, index(), "colortexture")
+    for args, message in [([f"index={colour}", "text=a step ladder"], "built with backbone.name=colortexture"),
+                          ([f"index={colour}", "text=x", "templates=fancy"], "templates='fancy' is unknown"),
+                          ([f"index={root / 'nowhere'}", "text=x"], "holds no search index")]:
+        done = subprocess.run([sys.executable, "-m", "bench.tools.search", "query", *args], capture_output=True,
+                              text=True, cwd=Path(__file__).resolve().parents[1], timeout=300)
+        assert done.returncode == 2 and done.stderr.startswith("error: ") and message in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+
+
 def test_text_query_on_a_real_colour_texture_index_names_its_backbone(tmp_path):
     from datamodules.synthetic.minivoc import render_scene_instances
 

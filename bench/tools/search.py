@@ -73,6 +73,7 @@ from PIL import Image
 
 from bench.backbones import build_backbone
 from bench.config import load_config, save_config
+from bench.config_checks import ConfigError
 from bench.images import to_rgb8
 from bench.pooling import pool_regions
 from bench.retrieval.index import RegionIndex
@@ -132,22 +133,22 @@ def build(images: str | Path, index_dir: str | Path, overrides: list[str] = ()) 
 def query_mask(shape: tuple[int, int], mask: str | Path | None = None, box: str | None = None) -> np.ndarray:
     """(H, W) bool from a mask PNG (non-zero = object; must be the image's size) or a box 'x0,y0,x1,y1'."""
     if (mask is None) == (box is None):
-        raise ValueError("give the query object as exactly one of mask=PNG or box=x0,y0,x1,y1")
+        raise ConfigError("give the query object as exactly one of mask=PNG or box=x0,y0,x1,y1")
     if mask is not None:
         array = np.asarray(Image.open(mask))
         out = (array != 0) if array.ndim == 2 else (array[..., :3] != 0).any(axis=-1)
         if out.shape != tuple(shape):
-            raise ValueError(f"mask {mask} is {out.shape[1]}x{out.shape[0]} (W x H) but the query image is "
+            raise ConfigError(f"mask {mask} is {out.shape[1]}x{out.shape[0]} (W x H) but the query image is "
                              f"{shape[1]}x{shape[0]}")
     else:
         try:
             x0, y0, x1, y1 = (int(round(float(v))) for v in box.split(","))
         except ValueError:
-            raise ValueError(f"box={box!r} must be four numbers x0,y0,x1,y1 (pixels)") from None
+            raise ConfigError(f"box={box!r} must be four numbers x0,y0,x1,y1 (pixels)") from None
         out = np.zeros(shape, dtype=bool)
         out[max(0, y0):max(0, y1), max(0, x0):max(0, x1)] = True
     if not out.any():
-        raise ValueError("the query object is empty (no mask pixel, or a box outside the image)")
+        raise ConfigError("the query object is empty (no mask pixel, or a box outside the image)")
     return out
 
 
@@ -241,19 +242,22 @@ def text_embedding(cfg: DictConfig, index_dir: Path, text: str, templates: str =
                                  prompt_templates)
 
     name = cfg.backbone.name
-    chosen = prompt_templates(templates)
+    try:
+        chosen = prompt_templates(templates)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     params = OmegaConf.to_container(cfg.backbone.params.get(name, {}), resolve=True)
     try:
         check_region_space(name)
         tokenizer = load_tokenizer(name, params.get("checkpoint"))  # also the check that ``name`` has a text tower
     except ValueError as err:
-        raise ValueError(f"text= needs an index of region vectors in a text-aligned backbone's image-text space, "
+        raise ConfigError(f"text= needs an index of region vectors in a text-aligned backbone's image-text space, "
                          f"but {index_dir} was built with backbone.name={name}: {err}") from None
     projected = params.get("project")
     if projected is None:
         projected = name.startswith("maskclip")  # load_clip_backbone's default: only MaskCLIP projects
     if not projected:
-        raise ValueError(f"{index_dir} holds {name} region vectors before CLIP's proj (the paper's features), "
+        raise ConfigError(f"{index_dir} holds {name} region vectors before CLIP's proj (the paper's features), "
                          "not in the image-text space text is embedded in: rebuild it with "
                          f"backbone.params.{name}.project=true")
     tower = load_text_tower(name, params["checkpoint"], device=params.get("device", "cpu"))
@@ -293,21 +297,21 @@ def query(index_dir: str | Path, image: str | Path | None = None, mask: str | Pa
         raise FileNotFoundError(f"{index_dir} holds no search index: python -m bench.tools.search build images=DIR "
                                 f"index={index_dir}")
     if image is None and text is None:
-        raise ValueError("give the query as image=IMG with mask=PNG or box=x0,y0,x1,y1, as text=\"...\", or both")
+        raise ConfigError("give the query as image=IMG with mask=PNG or box=x0,y0,x1,y1, as text=\"...\", or both")
     if image is None and (mask is not None or box is not None):
-        raise ValueError("mask= and box= outline an object of the query image: give image=IMG too")
+        raise ConfigError("mask= and box= outline an object of the query image: give image=IMG too")
     if image is not None and (mask is None) == (box is None):
-        raise ValueError("give the query object as exactly one of mask=PNG or box=x0,y0,x1,y1")
+        raise ConfigError("give the query object as exactly one of mask=PNG or box=x0,y0,x1,y1")
     if text is not None and not text.strip():
-        raise ValueError("text= is empty: say what to find, e.g. text=\"a step ladder\"")
+        raise ConfigError("text= is empty: say what to find, e.g. text=\"a step ladder\"")
     if not 0 <= text_weight <= 1:
-        raise ValueError(f"text_weight={text_weight} must lie in [0, 1] (the text's share of the mixed query)")
+        raise ConfigError(f"text_weight={text_weight} must lie in [0, 1] (the text's share of the mixed query)")
     cfg: DictConfig = OmegaConf.load(index_dir / "config.yaml")
     text_vector = None if text is None else text_embedding(cfg, index_dir, text, templates)
     split_dir = index_dir / "shards" / SPLIT
     index = RegionIndex.load(index_dir / "index")
     if text_vector is not None and len(text_vector) != index.info["dim"]:
-        raise ValueError(f"{index_dir} holds {index.info['dim']}-d region vectors but {cfg.backbone.name}'s "
+        raise ConfigError(f"{index_dir} holds {index.info['dim']}-d region vectors but {cfg.backbone.name}'s "
                          f"text embeddings are {len(text_vector)}-d: rebuild the index")
     if image is not None:
         params = OmegaConf.to_container(cfg.backbone.params.get(cfg.backbone.name, {}), resolve=True)
@@ -409,4 +413,6 @@ def main(argv: list[str] | None = None):
 
 
 if __name__ == "__main__":
-    main()
+    from bench.cli import run
+
+    run(main)  # an error in what was asked (ConfigError, a missing file): its message alone, exit 2
