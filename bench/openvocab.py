@@ -90,10 +90,17 @@ def _check_text_backbone(name: str) -> None:
                          f"{sorted(CLIP_BACKBONES) + sorted(SIGLIP_BACKBONES)}")
 
 
-def check_region_space(name: str) -> None:
-    """Refuse region vectors of backbone ``name`` that text cannot be compared with: SigLIP 2's (the
-    trunk's patch tokens, outside the image-text space; see the module docstring). CLIP without
-    ``proj`` is caught by the dimensions (768 vs 512) or by its caller."""
+def check_region_space(name: str, project: bool | None = None) -> None:
+    """Refuse region vectors of backbone ``name`` (with its ``project`` option) that text cannot be
+    compared with: SigLIP 2's (the trunk's patch tokens, outside the image-text space; see the module
+    docstring) and CLIP's without ``proj`` (the paper's tokens)."""
+    if name.startswith(("clip_", "maskclip_")):
+        from bench.backbones.clip import projects
+
+        if not projects(name, project):
+            raise ValueError(f"{name} region vectors without project=true are the tokens before CLIP's proj (the "
+                             "paper's features), not in the image-text space text is embedded in: extract "
+                             f"them with backbone.params.{name}.project=true")
     if name.startswith("siglip2"):
         raise ValueError(
             f"{name} region vectors pool SigLIP 2's trunk patch tokens, which are not in its image-text space: "
@@ -104,6 +111,18 @@ def check_region_space(name: str) -> None:
             "dimensions agree by coincidence). Use a backbone whose region vectors are in the joint space: "
             "maskclip_vitl14, maskclip_vitb16, or clip_vitb32 / clip_vitb16 with project=true. "
             f"{name}'s text tower itself loads (bench.openvocab.load_text_tower / load_tokenizer)")
+
+
+def backbone_text_embeddings(name: str, params: dict, texts: Sequence[str], templates: str) -> torch.Tensor:
+    """(T, D) prompt-ensembled embeddings of ``texts`` (``templates``: a ``TEMPLATE_SETS`` name) by the
+    text tower of backbone ``name`` configured with ``params`` (``backbone.params.<name>``: its
+    checkpoint, ``project``, ``device``), for comparison with its region vectors. Refuses, before
+    loading anything, region vectors outside the image-text space and a backbone without a text tower."""
+    chosen = prompt_templates(templates)
+    check_region_space(name, params.get("project"))
+    tokenizer = load_tokenizer(name, params.get("checkpoint"))  # also the check that ``name`` has a text tower
+    tower = load_text_tower(name, params["checkpoint"], device=params.get("device", "cpu"))
+    return class_text_embeddings(tower, tokenizer, texts, chosen)
 
 
 class TextTower:

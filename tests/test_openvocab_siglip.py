@@ -188,8 +188,10 @@ def test_check_region_space_explains_the_refusal():
     with pytest.raises(ValueError, match=r"siglip2_so400m14 region vectors pool SigLIP 2's trunk patch tokens, "
                                          r"which are not in its image-text space.*attention-pool head"):
         openvocab.check_region_space("siglip2_so400m14")
-    for name in ("clip_vitb32", "maskclip_vitl14", "colortexture"):
-        openvocab.check_region_space(name)  # no refusal
+    for name, project in (("clip_vitb32", True), ("maskclip_vitl14", None), ("colortexture", None)):
+        openvocab.check_region_space(name, project)  # no refusal
+    with pytest.raises(ValueError, match=r"before CLIP's proj.*backbone.params.clip_vitb16.project=true"):
+        openvocab.check_region_space("clip_vitb16")  # CLIP's default: the paper's tokens
 
 
 def test_text_search_on_a_siglip2_index_refuses_before_loading_the_tower(tmp_path, ckpt):

@@ -183,6 +183,12 @@ def build_visual(arch: VitArch) -> VisionTransformer:
                              output_dim=arch.output_dim, act_layer=QuickGELU)
 
 
+def projects(name: str, project: bool | None = None) -> bool:
+    """Whether backbone ``name`` with option ``project`` gives vectors in the joint image-text space:
+    ``project``, or for None the family's default (MaskCLIP projects, CLIP gives the paper's tokens)."""
+    return name.startswith("maskclip") if project is None else bool(project)
+
+
 def load_clip_backbone(name: str, checkpoint: str | Path, device: str = "cpu", tiny: bool | None = None,
                        project: bool | None = None, compat_pos_embed_bug: bool = False,
                        autocast: bool = False) -> ClipBackbone:
@@ -223,7 +229,7 @@ def load_clip_backbone(name: str, checkpoint: str | Path, device: str = "cpu", t
     visual = visual.to(device).eval().requires_grad_(False)
     cls = MaskClipBackbone if maskclip else ClipBackbone
     options = {"compat_pos_embed_bug": compat_pos_embed_bug} if maskclip else {}
-    return cls(visual, spec.mean, spec.std, project=maskclip if project is None else project,
+    return cls(visual, spec.mean, spec.std, project=projects(name, project),
                autocast=autocast, **options)
 
 

@@ -30,7 +30,8 @@ from bench import runs, shards
 from bench.geometry import region_positions_2d
 from bench.images import to_rgb8
 from bench.pooling import pool_regions
-from bench.rle import encode_rles, mask_areas
+from bench.mask_crops import MaskCrops, bounding_boxes
+from bench.rle import encode_rles
 from bench.tasks.base import Task
 from datamodules import kinetics
 
@@ -122,7 +123,8 @@ def sample_clip(extractor, key: str, frames: np.ndarray, annotation: dict) -> tu
         stats.append({**frame_stats, "features_cached": cached, "backbone_seconds": backbone_seconds,
                       "frame_seconds": time.perf_counter() - start})
     feats, masks, frame_of = np.concatenate(feats), np.concatenate(masks), np.concatenate(frame_of)
-    areas = mask_areas(masks)
+    boxes = bounding_boxes(masks)  # one pass over the stack: the areas' crops and the kept masks' share them
+    areas = MaskCrops.of(masks, boxes).areas
     keep = cap_tokens(areas, frame_of, annotation["max_tokens"])
     cut = len(areas) - len(keep)
     feats, masks, frame_of, areas = feats[keep], masks[keep], frame_of[keep], areas[keep]
@@ -133,7 +135,7 @@ def sample_clip(extractor, key: str, frames: np.ndarray, annotation: dict) -> tu
             "tokens_cut": int(cut)}
     members = {"frame.npy": frame_of, "pos2d.npy": region_positions_2d(masks),
                "cls.npy": shards.finite_half(np.stack(cls), key, "class token")}
-    sample = shards.encode_sample(key, feats=feats, rles=encode_rles(masks) if len(masks) else [], areas=areas,
+    sample = shards.encode_sample(key, feats=feats, rles=encode_rles(masks, MaskCrops.of(masks, boxes[keep])) if len(masks) else [], areas=areas,
                                   meta=meta, members=members)
     total = {"regions": int(len(keep)), "coverage": meta["coverage"],
              "seconds": float(sum(s["seconds"] for s in stats)), "peak_mem_mb": max(s["peak_mem_mb"] for s in stats),

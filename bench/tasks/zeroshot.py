@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from bench import runs
 from bench.tasks import segmentation
@@ -24,7 +24,8 @@ def extract(cfg: DictConfig, task: Task) -> dict:
     from bench.extraction import extract_splits
     from bench.openvocab import check_region_space
 
-    check_region_space(cfg.backbone.name)  # before any work: text cannot score these region vectors
+    name = cfg.backbone.name  # before any work: text cannot score region vectors outside the joint space
+    check_region_space(name, OmegaConf.select(cfg, f"backbone.params.{name}.project"))
 
     return extract_splits(cfg, lambda c: (c.dataset.val_split,), task)
 
@@ -46,15 +47,11 @@ def text_names(cfg: DictConfig) -> list[str]:
 
 def text_embeddings(cfg: DictConfig):
     """(T, D) class text embeddings from the backbone's text tower (its checkpoint file)."""
-    from bench.openvocab import (check_region_space, class_text_embeddings, load_text_tower, load_tokenizer,
-                                 prompt_templates)
+    from bench.openvocab import backbone_text_embeddings
 
     name = cfg.backbone.name
-    check_region_space(name)
-    templates = prompt_templates(cfg.zeroshot.templates)  # an unknown name fails before the tower loads
-    checkpoint = cfg.backbone.params[name].checkpoint
-    tower = load_text_tower(name, checkpoint)
-    return class_text_embeddings(tower, load_tokenizer(name, checkpoint), text_names(cfg), templates)
+    params = OmegaConf.to_container(cfg.backbone.params[name], resolve=True)
+    return backbone_text_embeddings(name, params, text_names(cfg), cfg.zeroshot.templates)
 
 
 def build_model(cfg: DictConfig, manifest: dict):

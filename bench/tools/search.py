@@ -238,30 +238,19 @@ def text_embedding(cfg: DictConfig, index_dir: Path, text: str, templates: str =
     """The (D,) unit embedding of ``text`` by the text tower of the index's backbone (from the same
     local checkpoint as its image tower). Refuses, before loading anything, a backbone without a
     text tower and region vectors outside the joint image-text space."""
-    from bench.openvocab import (check_region_space, class_text_embeddings, load_text_tower, load_tokenizer,
-                                 prompt_templates)
+    from bench.openvocab import backbone_text_embeddings, prompt_templates
 
-    name = cfg.backbone.name
     try:
-        chosen = prompt_templates(templates)
+        prompt_templates(templates)  # a wrong choice is the query's fault, not the index's
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    name = cfg.backbone.name
     params = OmegaConf.to_container(cfg.backbone.params.get(name, {}), resolve=True)
     try:
-        check_region_space(name)
-        tokenizer = load_tokenizer(name, params.get("checkpoint"))  # also the check that ``name`` has a text tower
+        return backbone_text_embeddings(name, params, [text], templates)[0]
     except ValueError as err:
         raise ConfigError(f"text= needs an index of region vectors in a text-aligned backbone's image-text space, "
-                         f"but {index_dir} was built with backbone.name={name}: {err}") from None
-    projected = params.get("project")
-    if projected is None:
-        projected = name.startswith("maskclip")  # load_clip_backbone's default: only MaskCLIP projects
-    if not projected:
-        raise ConfigError(f"{index_dir} holds {name} region vectors before CLIP's proj (the paper's features), "
-                         "not in the image-text space text is embedded in: rebuild it with "
-                         f"backbone.params.{name}.project=true")
-    tower = load_text_tower(name, params["checkpoint"], device=params.get("device", "cpu"))
-    return class_text_embeddings(tower, tokenizer, [text], chosen)[0]
+                          f"but {index_dir} was built with backbone.name={name}: {err}") from None
 
 
 def cosine_image_scores(index: RegionIndex, split_dir: Path, query: np.ndarray, k: int | None) -> np.ndarray:
