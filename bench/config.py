@@ -36,9 +36,29 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS_DIR = Path(os.environ.get("REGIONBENCH_EXPERIMENTS", REPO_ROOT / "experiments"))
 
 
+# Keys added to existing nodes after shard sets and runs had been made without them: while such a key holds
+# this value (compared by identity: False, None) it is left out of config hashes and shard digests, so what
+# was made before keeps its name and no finished cell is recomputed.
+HASH_NEUTRAL = {
+    "attention_keys": False,  # backbone.params.maskclip_*: MaskCLIP's keys appended for key smoothing
+    "key_smoothing": None,    # zeroshot: MaskCLIP's key smoothing threshold
+}
+
+
+def without_neutral(value):
+    """``value`` (a resolved config, or part of one) without HASH_NEUTRAL keys at their neutral value."""
+    if isinstance(value, dict):
+        return {k: without_neutral(v) for k, v in value.items()
+                if not (k in HASH_NEUTRAL and v is HASH_NEUTRAL[k])}
+    if isinstance(value, list):
+        return [without_neutral(v) for v in value]
+    return value
+
+
 def _digest(*nodes) -> str:
     """Short hash of config values: shard sets made with different settings never share a directory."""
-    return digest([OmegaConf.to_container(n, resolve=True) if isinstance(n, DictConfig) else n for n in nodes])
+    return digest(without_neutral([OmegaConf.to_container(n, resolve=True) if isinstance(n, DictConfig) else n
+                                   for n in nodes]))
 
 
 if not OmegaConf.has_resolver("digest"):
@@ -378,7 +398,7 @@ def config_hash(cfg: DictConfig, ignore: tuple[str, ...] = ()) -> str:
         for part in parent.split(".") if parent else []:
             node = node.get(part, {})
         node.pop(leaf, None)
-    return digest(relative(resolved), length=12)
+    return digest(without_neutral(relative(resolved)), length=12)
 
 
 def save_config(cfg: DictConfig, path: Path) -> None:

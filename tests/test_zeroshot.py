@@ -223,3 +223,161 @@ def test_patch_model_denoises_on_the_patch_grid_before_upsampling():
     model.set_text(text, "none", None, 10.0, prompt_denoising=0.5)
     pred = model.predict_pixels(batch)[0]
     assert pred.shape == (8, 8) and not (pred == 2).any() and (pred == 0).any() and (pred == 1).any()
+
+
+# ----------------------------------------------------------------------------------------------
+# MaskCLIP's key smoothing
+
+def maskclip_refine(probs: torch.Tensor, keys: torch.Tensor, threshold: float) -> torch.Tensor:
+    """MaskCLIP's decode-head rule written out in its own layout: output (N=1, C, H*W) probabilities,
+    k (1, HW, K) normalised with F.normalize's default dim (1), weight = k k^T, positions whose best
+    probability is below the threshold overwritten by boolean indexing."""
+    output = probs.T[None].transpose(-2, -1).clone()       # (1, HW, C)
+    k = F.normalize(keys[None], p=2)                        # dim=1: over the positions
+    weight = k @ k.transpose(-2, -1)
+    selected = (output.max(dim=-1, keepdim=True)[0] < threshold).expand(-1, -1, output.shape[-1])
+    weighted = weight @ output
+    output[selected] = weighted[selected]
+    return output[0]
+
+
+def test_key_smoothing_is_maskclips_rule_with_keys_normalised_over_the_positions():
+    from models.zeroshot import key_smoothing
+
+    generator = torch.Generator().manual_seed(0)
+    probs = (4 * torch.randn(30, 5, generator=generator)).softmax(-1)
+    keys = torch.randn(30, 8, generator=generator) * torch.linspace(0.2, 3.0, 8) + 0.5
+    for threshold in (0.6, 1.0):
+        ours = key_smoothing(probs, keys, threshold)
+        assert torch.allclose(ours, maskclip_refine(probs, keys, threshold), rtol=1e-5, atol=1e-6)
+        assert (ours.argmax(-1) != probs.argmax(-1)).any()  # the rule changed something
+    kept = probs.amax(-1) >= 0.6
+    assert kept.any() and torch.equal(key_smoothing(probs, keys, 0.6)[kept], probs[kept])
+    cosine = F.normalize(keys, dim=-1)  # the reading MaskCLIP's code does not do: cosines between vectors
+    assert not torch.equal((cosine @ cosine.T @ probs).argmax(-1), key_smoothing(probs, keys, 1.0).argmax(-1))
+    assert torch.equal(key_smoothing(probs, keys, None), probs)
+
+
+def test_maskclip_attention_keys_are_the_last_blocks_key_projection_through_out_proj(tmp_path):
+    """The key channels equal the last block's ln_1 input (captured by a hook on open_clip's own CLIP
+    forward) through the key rows of in_proj and out_proj; the first channels are unchanged."""
+    import open_clip
+
+    from bench.backbones.clip import load_clip_backbone, save_random_checkpoint
+
+    path = save_random_checkpoint("maskclip_vitb16", tmp_path / "b16.pt", tiny=True)
+    plain = load_clip_backbone("maskclip_vitb16", path)
+    keyed = load_clip_backbone("maskclip_vitb16", path, attention_keys=True)
+    image = np.random.default_rng(0).integers(0, 256, (37, 50, 3), dtype=np.uint8)
+    grid, both = plain.features(image), keyed.features(image)
+    width = keyed.visual.conv1.weight.shape[0]
+    assert keyed.embed_dim == plain.embed_dim + width == both.shape[0]
+    assert torch.equal(both[:plain.embed_dim], grid)
+    assert [g.shape for g in keyed.features_batch([image, image])] == [both.shape] * 2
+
+    model = open_clip.load_openai_model(str(path), precision="fp32", device="cpu").eval()
+    last = model.visual.transformer.resblocks[-1]
+    seen = {}
+    last.ln_1.register_forward_hook(lambda module, args, out: seen.setdefault("normed", out))
+    pixels = keyed.pixels(image)
+    with torch.no_grad():  # the whole tower at this grid: the hook sees the tokens entering the last block
+        tokens, _ = keyed._embed(pixels)
+        model.visual.transformer(tokens)
+        w_k = last.attn.in_proj_weight.chunk(3)[1]
+        b_k = last.attn.in_proj_bias.chunk(3)[1]
+        expected = last.attn.out_proj(seen["normed"][:, 1:] @ w_k.T + b_k)[0]  # (h*w, width)
+    h, w = both.shape[1:]
+    assert torch.allclose(both[plain.embed_dim:].reshape(width, h * w).T, expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="MaskCLIP option"):
+        load_clip_backbone("clip_vitb16", path, attention_keys=True)
+
+
+def test_neutral_defaults_keep_existing_hashes_and_shard_directories():
+    """attention_keys=false and key_smoothing=null (added after runs existed) leave hashes and shard
+    directories as they were without the keys; set, they change them."""
+    from omegaconf import open_dict
+
+    cfg = load_config(["task=zeroshot", "backbone.name=maskclip_vitl14"])
+    before = (config_hash(cfg), cfg.extract.shard_dir)
+    older = cfg.copy()
+    with open_dict(older):
+        del older.backbone.params.maskclip_vitl14["attention_keys"]
+        del older.zeroshot["key_smoothing"]
+    assert (config_hash(older), older.extract.shard_dir) == before
+    keyed = load_config(["task=zeroshot", "backbone.name=maskclip_vitl14",
+                         "backbone.params.maskclip_vitl14.attention_keys=true"])
+    assert config_hash(keyed) != before[0] and keyed.extract.shard_dir != before[1]
+    smoothed = load_config(["task=zeroshot", "backbone.name=maskclip_vitl14", "zeroshot.key_smoothing=1.0"])
+    assert config_hash(smoothed) != before[0] and smoothed.extract.shard_dir == before[1]
+
+
+def test_patch_model_with_key_smoothing_equals_maskclips_pipeline_on_minivoc(root):
+    """MiniVOC end to end (maskclip_vitl14, keys extracted): each prediction is softmax(50 cos), MaskCLIP's
+    refinement on the patch grid, bilinear upsampling, argmax — computed here from the shard's grid."""
+    cfg = config(root, f"{NAME}_patch/minivoc", f"backbone.params.{NAME}.attention_keys=true",
+                 "zeroshot.key_smoothing=1.0")
+    metrics = run(cfg)
+    assert metrics["zeroshot"]["key_smoothing"] == 1.0
+    text = F.normalize(reference_text(cfg), dim=-1)
+    samples, _ = read_split(Path(cfg.extract.shard_dir) / "val")
+    preds, agree, total, changed = predictions(cfg), 0, 0, 0
+    for sample in samples:
+        meta, grid = sample["meta"], torch.from_numpy(sample["patches"].astype(np.float32))  # (d + K, h, w)
+        d, (h, w) = text.shape[1], grid.shape[1:]
+        assert grid.shape[0] > d
+        vectors = grid.reshape(len(grid), h * w).T
+        probs = (50 * F.normalize(vectors[:, :d], dim=-1) @ text.T).softmax(-1)
+        refined = maskclip_refine(probs, vectors[:, d:], 1.0)  # (h*w, C)
+        p, (top, left) = meta["patch_size"], meta["pad"]
+        up = F.interpolate(refined.T.reshape(1, -1, h, w), scale_factor=p, mode="bilinear", align_corners=False)[0]
+        expected = up[:, top:top + meta["height"], left:left + meta["width"]].argmax(0).numpy()
+        plain = F.interpolate(probs.T.reshape(1, -1, h, w), scale_factor=p, mode="bilinear", align_corners=False)[0]
+        changed += int((plain[:, top:top + meta["height"], left:left + meta["width"]].argmax(0).numpy()
+                        != expected).sum())
+        agree += int((preds[sample["key"]] == expected).sum())
+        total += expected.size
+    assert agree / total > 0.999 and changed > 0.01 * total  # smoothing moved pixels; ours moved the same ones
+
+
+def test_region_model_smooths_each_images_regions_with_their_pooled_keys():
+    """Two images of four regions (random vectors and keys, region r covering row r): each region's
+    class is the argmax of MaskCLIP's rule over its own image's regions, which here differs from the
+    rule over both images' regions and from no smoothing."""
+    from bench.rle import encode_rles
+
+    text = torch.eye(3)
+    generator = torch.Generator().manual_seed(3)
+    feats, keys = torch.randn(8, 3, generator=generator), torch.randn(8, 2, generator=generator)
+    probs = (10 * F.normalize(feats, dim=-1) @ text.T).softmax(-1)
+    expected = torch.cat([maskclip_refine(probs[:4], keys[:4], 0.9), maskclip_refine(probs[4:], keys[4:], 0.9)])
+    assert (expected.argmax(-1) != maskclip_refine(probs, keys, 0.9).argmax(-1)).sum() >= 2
+    assert (expected.argmax(-1) != probs.argmax(-1)).sum() >= 2
+    masks = np.zeros((4, 4, 4), dtype=bool)
+    for r in range(4):
+        masks[r, r] = True
+    batch = {"feats": torch.cat([feats, keys], 1), "image_index": torch.tensor([0] * 4 + [1] * 4),
+             "labels": [torch.zeros(4, 4, dtype=torch.int64)] * 2, "rles": [encode_rles(masks)] * 2}
+    model = ZeroShotRegions(in_dim=5, num_classes=3)
+    model.set_text(text, "none", None, 10.0, key_smoothing=0.9)
+    painted = torch.cat([pred[:, 0] for pred in model.predict_pixels(batch)])
+    assert torch.equal(painted, expected.argmax(-1))
+    model.set_text(text, "none", None, 10.0)  # without smoothing the keys are ignored
+    assert torch.equal(torch.cat([pred[:, 0] for pred in model.predict_pixels(batch)]), probs.argmax(-1))
+
+
+def test_key_smoothing_refuses_a_backbone_without_keys_and_a_threshold_before_any_work(root):
+    from bench.config_checks import ConfigError
+    from bench.extract import extract
+
+    cfg = config(root, f"{NAME}_patch/minivoc", "zeroshot.key_smoothing=1.0")
+    with pytest.raises(ConfigError, match="attention_keys=true"):
+        extract(cfg)
+    cfg = config(root, f"{NAME}_patch/minivoc", "zeroshot.key_smoothing=1.0", "zeroshot.threshold=0.2",
+                 f"backbone.params.{NAME}.attention_keys=true")
+    with pytest.raises(ConfigError, match="threshold"):
+        extract(cfg)
+    model = ZeroShotPatches(in_dim=3, num_classes=3)
+    model.set_text(torch.eye(3), "none", None, 10.0, key_smoothing=1.0)
+    with pytest.raises(ValueError, match="attention_keys=true"):
+        model.predict_pixels({"patches": [torch.ones(3, 2, 2)],
+                              "metas": [{"patch_size": 4, "pad": [0, 0], "height": 8, "width": 8}]})

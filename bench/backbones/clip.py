@@ -16,6 +16,9 @@ the positional table is resampled bicubically from the training grid to the actu
                    tokens / 512-d joint space), the size the zero-shot segmentation papers report.
                    ``compat_pos_embed_bug=True`` reproduces the released code's positional table
                    (rows [:-1] as the patch grid, the last row for CLS; CLIP stores CLS at row 0).
+                   ``attention_keys=True`` appends the last block's attention keys to every
+                   patch vector (d + width channels): what MaskCLIP's key smoothing reads
+                   (``models.zeroshot.key_smoothing``; the zero-shot task splits them off again).
 
 Checkpoints, read by ``read_visual_state_dict``: OpenAI's TorchScript archives (``ViT-B-32.pt``,
 ``ViT-L-14-336px.pt``), a plain OpenAI-style state dict, or an open_clip state dict
@@ -191,7 +194,7 @@ def projects(name: str, project: bool | None = None) -> bool:
 
 def load_clip_backbone(name: str, checkpoint: str | Path, device: str = "cpu", tiny: bool | None = None,
                        project: bool | None = None, compat_pos_embed_bug: bool = False,
-                       autocast: bool = False) -> ClipBackbone:
+                       autocast: bool = False, attention_keys: bool = False) -> ClipBackbone:
     """The frozen backbone ``name`` (a key of CLIP_BACKBONES) with weights from a local file.
 
       checkpoint   OpenAI's file (see CLIP_BACKBONES) or any format ``read_visual_state_dict`` takes
@@ -201,6 +204,8 @@ def load_clip_backbone(name: str, checkpoint: str | Path, device: str = "cpu", t
                    (False for clip_vitb32, True for maskclip_vitl14)
       compat_pos_embed_bug  maskclip only: the released code's shifted positional table
       autocast     CUDA float16 autocast (features still come out float32)
+      attention_keys  maskclip only: append the last block's keys (``last_block_keys``) to every
+                   patch vector, for MaskCLIP's key smoothing in zero-shot segmentation
     """
     if name not in CLIP_BACKBONES:
         raise ValueError(f"unknown CLIP backbone '{name}'; valid names: {sorted(CLIP_BACKBONES)}")
@@ -208,6 +213,9 @@ def load_clip_backbone(name: str, checkpoint: str | Path, device: str = "cpu", t
     if compat_pos_embed_bug and not maskclip:
         raise ValueError("compat_pos_embed_bug reproduces the released MaskCLIP code; "
                          "it is for maskclip_vitl14 only")
+    if attention_keys and not maskclip:
+        raise ValueError(f"attention_keys (MaskCLIP's key smoothing) is a MaskCLIP option; {name} has no "
+                         "value path: use maskclip_vitb16 or maskclip_vitl14")
     path = existing_checkpoint(name, checkpoint)
     official = f"the official file is {spec.file}, published at {spec.url}"
     state = read_visual_state_dict(path)
@@ -228,7 +236,7 @@ def load_clip_backbone(name: str, checkpoint: str | Path, device: str = "cpu", t
     visual.load_state_dict(state, strict=True)
     visual = visual.to(device).eval().requires_grad_(False)
     cls = MaskClipBackbone if maskclip else ClipBackbone
-    options = {"compat_pos_embed_bug": compat_pos_embed_bug} if maskclip else {}
+    options = {"compat_pos_embed_bug": compat_pos_embed_bug, "attention_keys": attention_keys} if maskclip else {}
     return cls(visual, spec.mean, spec.std, project=projects(name, project),
                autocast=autocast, **options)
 
@@ -294,6 +302,15 @@ def value_path(block: ResidualAttentionBlock, x: torch.Tensor) -> torch.Tensor:
     v = F.linear(block.ln_1(x), block.attn.in_proj_weight[2 * width:], block.attn.in_proj_bias[2 * width:])
     v = x + block.ls_1(block.attn.out_proj(v))
     return v + block.ls_2(block.mlp(block.ln_2(v)))
+
+
+def last_block_keys(block: ResidualAttentionBlock, x: torch.Tensor) -> torch.Tensor:
+    """MaskCLIP's keys of one block, (B, N, C) -> (B, N, C): the key projection of ``ln_1(x)``
+    passed through the attention's ``out_proj``, as MaskCLIP's ViT returns q, k and v (each of the
+    three projections through ``out_proj``; no ``ln_post``, no ``proj``)."""
+    width = x.shape[-1]
+    k = F.linear(block.ln_1(x), block.attn.in_proj_weight[width:2 * width], block.attn.in_proj_bias[width:2 * width])
+    return block.attn.out_proj(k)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -379,9 +396,11 @@ class MaskClipBackbone(ClipBackbone):
     block is never computed), ``ln_post`` and ``proj``: (768, h, w) for ViT-L/14."""
 
     def __init__(self, visual: VisionTransformer, mean, std, project: bool = True, autocast: bool = False,
-                 compat_pos_embed_bug: bool = False):
+                 compat_pos_embed_bug: bool = False, attention_keys: bool = False):
         super().__init__(visual, mean, std, project=project, autocast=autocast)
-        self.compat_pos_embed_bug = compat_pos_embed_bug
+        self.compat_pos_embed_bug, self.attention_keys = compat_pos_embed_bug, attention_keys
+        if attention_keys:
+            self.embed_dim += visual.conv1.weight.shape[0]  # + width: the keys
 
     def _pos_embed(self, grid) -> torch.Tensor:
         return interpolate_pos_embed(self.visual.positional_embedding, grid, self.compat_pos_embed_bug)
@@ -390,7 +409,17 @@ class MaskClipBackbone(ClipBackbone):
         *blocks, last = self.visual.transformer.resblocks
         for block in blocks:
             x = block(x)
+        self._keys = last_block_keys(last, x[:, 1:]) if self.attention_keys else None
         return value_path(last, x[:, 1:])
+
+    def _grids(self, x: torch.Tensor) -> torch.Tensor:
+        """As CLIP's, then with ``attention_keys`` the last block's keys as further channels."""
+        grid = super()._grids(x)
+        if not self.attention_keys:
+            return grid
+        keys = self._keys.transpose(1, 2).reshape(len(x), -1, *grid.shape[-2:]).float().cpu()
+        self._keys = None
+        return torch.cat([grid, keys], dim=1).contiguous()
 
 
 CLIP_FAMILY = {name: partial(load_clip_backbone, name) for name in CLIP_BACKBONES}

@@ -26,8 +26,26 @@ def extract(cfg: DictConfig, task: Task) -> dict:
 
     name = cfg.backbone.name  # before any work: text cannot score region vectors outside the joint space
     check_region_space(name, OmegaConf.select(cfg, f"backbone.params.{name}.project"))
+    check_key_smoothing(cfg)
 
     return extract_splits(cfg, lambda c: (c.dataset.val_split,), task)
+
+
+def check_key_smoothing(cfg: DictConfig) -> None:
+    """zeroshot.key_smoothing reads MaskCLIP's attention keys, which only a MaskCLIP backbone with
+    ``attention_keys: true`` puts beside each vector; and its scores are not probabilities."""
+    from bench.config_checks import ConfigError
+
+    if cfg.zeroshot.key_smoothing is None:
+        return
+    name = cfg.backbone.name
+    if not OmegaConf.select(cfg, f"backbone.params.{name}.attention_keys", default=False):
+        raise ConfigError(f"zeroshot.key_smoothing needs MaskCLIP's attention keys beside each vector, which "
+                          f"backbone.name={name} does not give: use a MaskCLIP backbone (maskclip_vitl14, "
+                          f"maskclip_vitb16) with backbone.params.<name>.attention_keys=true")
+    if cfg.zeroshot.threshold is not None:
+        raise ConfigError("zeroshot.key_smoothing gives weighted sums of probabilities, which a probability "
+                          "threshold cannot apply to: set zeroshot.threshold=null (zeroshot.background class or none)")
 
 
 def models() -> dict:
@@ -59,14 +77,14 @@ def build_model(cfg: DictConfig, manifest: dict):
 
     model = runs.build_model(cfg, manifest, MODELS)
     model.set_text(text_embeddings(cfg), cfg.zeroshot.background, cfg.zeroshot.threshold, cfg.zeroshot.logit_scale,
-                   cfg.zeroshot.prompt_denoising)
+                   cfg.zeroshot.prompt_denoising, cfg.zeroshot.key_smoothing)
     return model
 
 
 def report(cfg: DictConfig) -> dict:
     return {**segmentation.report(cfg), "texts": text_names(cfg),
             "zeroshot": {k: cfg.zeroshot[k] for k in ("templates", "background", "threshold", "logit_scale",
-                                                      "prompt_denoising")}}
+                                                      "prompt_denoising", "key_smoothing")}}
 
 
 TASK = Task(

@@ -246,6 +246,11 @@ def text_embedding(cfg: DictConfig, index_dir: Path, text: str, templates: str =
         raise ConfigError(str(err)) from None
     name = cfg.backbone.name
     params = OmegaConf.to_container(cfg.backbone.params.get(name, {}), resolve=True)
+    if params.get("attention_keys"):
+        raise ConfigError(f"text= compares text with region vectors, but {index_dir} was built with "
+                          f"backbone.params.{name}.attention_keys=true: its vectors carry MaskCLIP's attention keys "
+                          "(for zero-shot key smoothing) after the image-text channels; index vectors extracted "
+                          "without them")
     try:
         return backbone_text_embeddings(name, params, [text], templates)[0]
     except ValueError as err:
