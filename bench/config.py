@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import fnmatch
 import os
 from pathlib import Path
 from typing import Iterable
@@ -36,29 +37,37 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENTS_DIR = Path(os.environ.get("REGIONBENCH_EXPERIMENTS", REPO_ROOT / "experiments"))
 
 
-# Keys added to existing nodes after shard sets and runs had been made without them: while such a key holds
-# this value (compared by identity: False, None) it is left out of config hashes and shard digests, so what
-# was made before keeps its name and no finished cell is recomputed.
+# Keys added to existing nodes after shard sets and runs had been made without them (dotted paths, ``*`` for
+# any one name): while such a key holds this value (compared by identity: False, None) it is left out of config
+# hashes, shard digests and feature-cache names, so what was made before keeps its name and no finished cell is
+# recomputed.
 HASH_NEUTRAL = {
-    "attention_keys": False,  # backbone.params.maskclip_*: MaskCLIP's keys appended for key smoothing
-    "key_smoothing": None,    # zeroshot: MaskCLIP's key smoothing threshold
+    "backbone.params.maskclip_*.attention_keys": False,  # MaskCLIP's keys appended, for key smoothing
+    "backbone.params.siglip2_*.project": False,          # SigLIP 2's dense path through its attention-pool head
+    "zeroshot.key_smoothing": None,                      # MaskCLIP's key smoothing threshold
 }
 
 
-def without_neutral(value):
-    """``value`` (a resolved config, or part of one) without HASH_NEUTRAL keys at their neutral value."""
+def without_neutral(value, path: str = ""):
+    """``value`` (a resolved config, or the part of one at dotted ``path``) without HASH_NEUTRAL keys at their
+    neutral value."""
     if isinstance(value, dict):
-        return {k: without_neutral(v) for k, v in value.items()
-                if not (k in HASH_NEUTRAL and v is HASH_NEUTRAL[k])}
+        out = {}
+        for key, item in value.items():
+            full = f"{path}.{key}" if path else str(key)
+            if any(item is neutral and fnmatch.fnmatchcase(full, pattern) for pattern, neutral in HASH_NEUTRAL.items()):
+                continue
+            out[key] = without_neutral(item, full)
+        return out
     if isinstance(value, list):
-        return [without_neutral(v) for v in value]
+        return [without_neutral(v, path) for v in value]
     return value
 
 
 def _digest(*nodes) -> str:
     """Short hash of config values: shard sets made with different settings never share a directory."""
-    return digest(without_neutral([OmegaConf.to_container(n, resolve=True) if isinstance(n, DictConfig) else n
-                                   for n in nodes]))
+    return digest([without_neutral(OmegaConf.to_container(n, resolve=True), n._get_full_key(None))
+                   if isinstance(n, DictConfig) else n for n in nodes])
 
 
 if not OmegaConf.has_resolver("digest"):

@@ -1,11 +1,16 @@
-"""Open-vocabulary queries on region vectors of text-aligned backbones (CLIP family, SigLIP 2 text).
+"""Open-vocabulary queries on region vectors of text-aligned backbones (CLIP family, SigLIP 2, dino.txt).
 
 Region vectors must be in the joint image-text space: ``clip_vitb32`` with ``project=True``
-(512-d), ``maskclip_vitl14`` (projects by default, 768-d). The text tower comes from the same
-local file as the visual tower (nothing is downloaded). CLIP's tokenizer is open_clip's
+(512-d), ``maskclip_vitl14`` (projects by default, 768-d), ``siglip2_*`` with ``project=True``
+(its head's output per token, below). The text tower comes from the same local file as the visual
+tower (nothing is downloaded). CLIP's tokenizer is open_clip's
 ``SimpleTokenizer``, whose BPE vocabulary ships inside the open_clip package; SigLIP 2's is the
 Gemma tokenizer read by ``transformers.AutoTokenizer`` from the files beside the checkpoint (as the
 timm/ViT-*-SigLIP2-* repositories publish them), so ``load_tokenizer`` needs the checkpoint path.
+dino.txt (``dinotxt_vitl16``, ``bench.backbones.dinotxt``): its text encoder is in its head file (the
+``checkpoint``), its tokenizer CLIP's BPE read from ``bpe_simple_vocab_16e6.txt.gz`` beside that file;
+region vectors pool the vision head's patch tokens, which pair with the second half of its 2048-d text
+embedding, so the text tower here gives that half.
 
     tower = load_text_tower("maskclip_vitl14", "weights/ViT-L-14-336px.pt")
     text = class_text_embeddings(tower, load_tokenizer("maskclip_vitl14"), VOC_NAMES, TEMPLATES)  # (C, D)
@@ -13,13 +18,15 @@ timm/ViT-*-SigLIP2-* repositories publish them), so ``load_tokenizer`` needs the
 
 SigLIP 2 (``siglip2_*``): ``load_text_tower`` and ``load_tokenizer(name, checkpoint)`` give its text
 embeddings (open_clip's ``encode_text``), comparable with the image embedding
-``SiglipBackbone.global_feature``, but NOT with its region vectors: those pool the trunk's patch
-tokens, which SigLIP maps into the joint space only through the attention-pool head (one learned
-query attending over all tokens, then proj + MLP: one vector per image). Neither open_clip
-(``timm_proj='none'``) nor timm (``AttentionPoolLatent`` has no per-token path) offers a dense
-projection, so zero-shot segmentation and text search refuse SigLIP 2 region vectors
-(``check_region_space``) instead of ranking by meaningless cosines; the dimensions would agree
-(768 = 768 for ViT-B), so nothing else would catch it.
+``SiglipBackbone.global_feature``. Its default region vectors pool the trunk's patch tokens, which
+SigLIP maps into the joint space only through the attention-pool head (one learned query attending
+over all tokens, then proj + MLP: one vector per image; neither open_clip, ``timm_proj='none'``, nor
+timm offers a per-token path), so ``check_region_space`` refuses them instead of ranking by
+meaningless cosines (the dimensions would agree, 768 = 768 for ViT-B, so nothing else would catch
+it). With ``backbone.params.<name>.project=true`` the grid is each patch token through that head
+alone (``bench.backbones.siglip``: proj of the value half of the head's ``kv``, plus its MLP
+residual; exactly the head's output for a one-token image), which is in the joint space and is
+accepted; it is a MaskCLIP-style approximation, not a per-patch output SigLIP was trained for.
 
 Prompt ensembling is CLIP's zero-shot notebook: every template filled with the class name is
 embedded and L2-normalised, the embeddings are averaged, and the mean is L2-normalised again.
@@ -81,19 +88,22 @@ def prompt_templates(name: str) -> list:
 # ----------------------------------------------------------------------------------------------
 # Text tower and tokenizer
 
+DINOTXT = "dinotxt_vitl16"
+
+
 def _check_text_backbone(name: str) -> None:
     from bench.backbones.clip import CLIP_BACKBONES  # imports open_clip
     from bench.backbones.siglip import SIGLIP_BACKBONES
 
-    if name not in CLIP_BACKBONES and name not in SIGLIP_BACKBONES:
+    if name not in CLIP_BACKBONES and name not in SIGLIP_BACKBONES and name != DINOTXT:
         raise ValueError(f"no text tower for backbone '{name}'; text-aligned backbones: "
-                         f"{sorted(CLIP_BACKBONES) + sorted(SIGLIP_BACKBONES)}")
+                         f"{sorted(CLIP_BACKBONES) + sorted(SIGLIP_BACKBONES) + [DINOTXT]}")
 
 
 def check_region_space(name: str, project: bool | None = None) -> None:
     """Refuse region vectors of backbone ``name`` (with its ``project`` option) that text cannot be
-    compared with: SigLIP 2's (the trunk's patch tokens, outside the image-text space; see the module
-    docstring) and CLIP's without ``proj`` (the paper's tokens)."""
+    compared with: SigLIP 2's and CLIP's without ``project`` (the trunk's patch tokens / the tokens
+    before CLIP's ``proj``, the paper's features; see the module docstring)."""
     if name.startswith(("clip_", "maskclip_")):
         from bench.backbones.clip import projects
 
@@ -101,16 +111,15 @@ def check_region_space(name: str, project: bool | None = None) -> None:
             raise ValueError(f"{name} region vectors without project=true are the tokens before CLIP's proj (the "
                              "paper's features), not in the image-text space text is embedded in: extract "
                              f"them with backbone.params.{name}.project=true")
-    if name.startswith("siglip2"):
+    if name.startswith("siglip2") and not project:
         raise ValueError(
-            f"{name} region vectors pool SigLIP 2's trunk patch tokens, which are not in its image-text space: "
-            "SigLIP reaches that space only through its attention-pool head (trunk.attn_pool: one learned "
-            "query over all tokens, then proj + MLP), which gives one vector per image "
-            "(SiglipBackbone.global_feature), and neither open_clip (timm_proj='none') nor timm offers a "
-            "per-patch projection. Cosines between them and text embeddings would be meaningless (the "
-            "dimensions agree by coincidence). Use a backbone whose region vectors are in the joint space: "
-            "maskclip_vitl14, maskclip_vitb16, or clip_vitb32 / clip_vitb16 with project=true. "
-            f"{name}'s text tower itself loads (bench.openvocab.load_text_tower / load_tokenizer)")
+            f"{name} region vectors without project=true pool SigLIP 2's trunk patch tokens, which are not in its "
+            "image-text space: SigLIP reaches that space only through its attention-pool head (trunk.attn_pool: "
+            "one learned query over all tokens, then proj + MLP), which gives one vector per image "
+            "(SiglipBackbone.global_feature). Cosines between those tokens and text embeddings would be "
+            "meaningless (the dimensions agree by coincidence). Extract them with "
+            f"backbone.params.{name}.project=true (each patch token through the head alone, MaskCLIP-style), "
+            "or use maskclip_vitl14, maskclip_vitb16, or clip_vitb32 / clip_vitb16 with project=true")
 
 
 def backbone_text_embeddings(name: str, params: dict, texts: Sequence[str], templates: str) -> torch.Tensor:
@@ -153,10 +162,16 @@ def load_text_tower(name: str, checkpoint: str | Path, device: str = "cpu") -> T
     pooling: OpenAI's).
     SigLIP 2 (a key of SIGLIP_BACKBONES): open_clip's ``open_clip_model.safetensors`` /
     ``open_clip_pytorch_model.bin``; ``text.*`` is loaded strictly into open_clip's text tower of
-    that model's config (or of its tiny test version, ``siglip.tiny_text_cfg``)."""
+    that model's config (or of its tiny test version, ``siglip.tiny_text_cfg``).
+    dino.txt: its head-and-text-encoder file; the tower gives the half of the text embedding that pairs
+    with patch tokens (``bench.backbones.dinotxt.DinoTxtTextTower``, ``part="patch"``)."""
     _check_text_backbone(name)
     if name.startswith("siglip2"):
         return _load_siglip_text_tower(name, checkpoint, device)
+    if name == DINOTXT:
+        from bench.backbones import dinotxt
+
+        return dinotxt.load_text_tower(checkpoint, part="patch", device=device)
     from open_clip.transformer import QuickGELU, TextTransformer
 
     from bench.backbones.clip import (CLIP_BACKBONES, existing_checkpoint, published_arch, read_clip_state_dict,
@@ -239,10 +254,17 @@ def load_tokenizer(name: str, checkpoint: str | Path | None = None,
     SigLIP 2: open_clip's ``HFTokenizer`` over ``transformers.AutoTokenizer`` on the Gemma tokenizer
     files in ``checkpoint``'s folder (``siglip.TOKENIZER_FILES``; ``local_files_only``: no download),
     with the model's open_clip settings: context 64, ``clean="canonicalize"`` (lower case, punctuation
-    removed, whitespace collapsed), padded with <pad> to the context and truncated."""
+    removed, whitespace collapsed), padded with <pad> to the context and truncated.
+    dino.txt: open_clip's ``SimpleTokenizer`` on the ``bpe_simple_vocab_16e6.txt.gz`` beside ``checkpoint``."""
     _check_text_backbone(name)
     if name.startswith("siglip2"):
         return _load_siglip_tokenizer(name, checkpoint, context_length)
+    if name == DINOTXT:
+        from bench.backbones import dinotxt
+
+        if checkpoint is None:
+            raise ValueError(f"{name}'s BPE vocabulary is read beside its head file: load_tokenizer('{name}', checkpoint)")
+        return dinotxt.load_tokenizer(Path(checkpoint).expanduser().parent / dinotxt.BPE_FILE, context_length or 77)
     from open_clip.tokenizer import SimpleTokenizer
 
     return SimpleTokenizer(context_length=context_length or 77)
@@ -292,7 +314,7 @@ def zero_shot_logits(region_feats: torch.Tensor, text: torch.Tensor) -> torch.Te
     if region_feats.shape[-1] != text.shape[-1]:
         raise ValueError(f"region features have dim {region_feats.shape[-1]} but the text embeddings "
                          f"{text.shape[-1]}: regions must be in the joint image-text space "
-                         "(clip_vitb32 with project=True, or maskclip_vitl14)")
+                         "(maskclip_*, clip_* or siglip2_* with project=true, dinotxt_vitl16)")
     return F.normalize(region_feats.float(), dim=-1) @ F.normalize(text.float(), dim=-1).T
 
 

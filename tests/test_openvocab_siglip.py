@@ -1,6 +1,7 @@
 """SigLIP 2 text queries (bench.openvocab): a tiny random open_clip SigLIP 2 file with its tiny
 Gemma-style tokenizer beside it, checked against open_clip's own full model (CustomTextCLIP) and
-against transformers.AutoTokenizer on the same files; region vectors are refused, with the reason."""
+against transformers.AutoTokenizer on the same files; region vectors without project=true are refused,
+with the reason and the fix (the project=true path: tests/test_siglip_dense.py)."""
 from __future__ import annotations
 
 import shutil
@@ -31,10 +32,10 @@ def ckpt(tmp_path_factory):
     return save_random_checkpoint(NAME, tmp_path_factory.mktemp("siglip_text") / "open_clip_model.safetensors")
 
 
-def reference_model(path):
+def reference_model(path, **trunk_kwargs):
     """open_clip's CustomTextCLIP for ViT-B-16-SigLIP2-256 from its own config, with the tiny sizes
     written out here (trunk depth 2 / width 64, text 1 layer / width 64 / 2 heads / vocab 512),
-    loaded strictly from the file."""
+    loaded strictly from the file; ``trunk_kwargs`` go to timm (``dynamic_img_size=True``: any size)."""
     import open_clip
     import timm
     from open_clip.model import CustomTextCLIP, _build_text_tower
@@ -47,7 +48,7 @@ def reference_model(path):
     with torch.device("meta"):  # skip the full-size towers, then put tiny real ones in
         model = CustomTextCLIP(64, vision_cfg=cfg["vision_cfg"], text_cfg=text_cfg, init_logit_bias=-10)
     model.visual.trunk = timm.create_model(cfg["vision_cfg"]["timm_model_name"], pretrained=False, num_classes=0,
-                                           global_pool="map", depth=2, embed_dim=64, num_heads=2)
+                                           global_pool="map", depth=2, embed_dim=64, num_heads=2, **trunk_kwargs)
     model.text = _build_text_tower(64, text_cfg)
     model.logit_scale, model.logit_bias = torch.nn.Parameter(torch.zeros(())), torch.nn.Parameter(torch.zeros(()))
     model.load_state_dict(read_checkpoint(path), strict=True)
@@ -182,13 +183,16 @@ def test_wrong_or_missing_text_tower_and_file(tmp_path, ckpt):
 
 
 # ----------------------------------------------------------------------------------------------
-# region vectors: SigLIP 2 patch tokens are outside the image-text space, and are refused
+# region vectors: SigLIP 2 patch tokens are outside the image-text space, and are refused without project
 
-def test_check_region_space_explains_the_refusal():
-    with pytest.raises(ValueError, match=r"siglip2_so400m14 region vectors pool SigLIP 2's trunk patch tokens, "
-                                         r"which are not in its image-text space.*attention-pool head"):
-        openvocab.check_region_space("siglip2_so400m14")
-    for name, project in (("clip_vitb32", True), ("maskclip_vitl14", None), ("colortexture", None)):
+def test_check_region_space_explains_the_refusal_and_the_fix():
+    for project in (None, False):
+        with pytest.raises(ValueError, match=r"siglip2_so400m14 region vectors without project=true pool SigLIP 2's "
+                                             r"trunk patch tokens, which are not in its image-text space.*"
+                                             r"attention-pool head.*backbone\.params\.siglip2_so400m14\.project=true"):
+            openvocab.check_region_space("siglip2_so400m14", project)
+    for name, project in (("clip_vitb32", True), ("maskclip_vitl14", None), ("colortexture", None),
+                          ("siglip2_so400m14", True)):
         openvocab.check_region_space(name, project)  # no refusal
     with pytest.raises(ValueError, match=r"before CLIP's proj.*backbone.params.clip_vitb16.project=true"):
         openvocab.check_region_space("clip_vitb16")  # CLIP's default: the paper's tokens
@@ -206,7 +210,8 @@ def test_text_search_on_a_siglip2_index_refuses_before_loading_the_tower(tmp_pat
     search.build(tmp_path / "images", tmp_path / "index",
                  ["extract.progress=false", f"backbone.name={NAME}", f"backbone.params.{NAME}.checkpoint={ckpt}",
                   "regions.params.slic.num_components=10"])
-    with pytest.raises(ValueError, match=rf"backbone.name={NAME}.*not in its image-text space"):
+    with pytest.raises(ValueError, match=rf"backbone.name={NAME}.*not in its image-text space.*"
+                                         rf"backbone\.params\.{NAME}\.project=true"):
         search.query(tmp_path / "index", text="a step ladder")
     assert not (tmp_path / "index" / "queries").exists()
     # its image search still works
@@ -228,6 +233,7 @@ def test_zero_shot_refuses_siglip2_before_extracting(tmp_path, ckpt):
                                    f"paths.results_root={tmp_path / 'results'}"]), "maskclip_vitl14_region/minivoc")
     OmegaConf.update(cfg, "backbone.name", NAME)
     OmegaConf.update(cfg, f"backbone.params.{NAME}.checkpoint", str(ckpt))
+    assert OmegaConf.select(cfg, f"backbone.params.{NAME}.project") is False  # the default
     for run in (lambda c: TASK.extract(c, TASK), text_embeddings):  # python -m bench.extract, eval.py
         with pytest.raises(ValueError, match="not in its image-text space"):
             run(cfg)

@@ -292,23 +292,35 @@ def test_maskclip_attention_keys_are_the_last_blocks_key_projection_through_out_
         load_clip_backbone("clip_vitb16", path, attention_keys=True)
 
 
-def test_neutral_defaults_keep_existing_hashes_and_shard_directories():
-    """attention_keys=false and key_smoothing=null (added after runs existed) leave hashes and shard
-    directories as they were without the keys; set, they change them."""
-    from omegaconf import open_dict
+def test_neutral_defaults_keep_existing_hashes_shard_directories_and_feature_caches():
+    """Options added after runs existed (maskclip attention_keys=false, siglip2 project=false, zeroshot
+    key_smoothing=null) leave hashes, shard directories and feature-cache names as they were without
+    the keys; set, they change them; a CLIP backbone's project=false is not neutral (it always had the key)."""
+    from omegaconf import OmegaConf, open_dict
 
-    cfg = load_config(["task=zeroshot", "backbone.name=maskclip_vitl14"])
-    before = (config_hash(cfg), cfg.extract.shard_dir)
-    older = cfg.copy()
-    with open_dict(older):
-        del older.backbone.params.maskclip_vitl14["attention_keys"]
-        del older.zeroshot["key_smoothing"]
-    assert (config_hash(older), older.extract.shard_dir) == before
-    keyed = load_config(["task=zeroshot", "backbone.name=maskclip_vitl14",
-                         "backbone.params.maskclip_vitl14.attention_keys=true"])
-    assert config_hash(keyed) != before[0] and keyed.extract.shard_dir != before[1]
+    from bench.backbones.cache import cache_dir
+
+    def names(cfg):
+        name = cfg.backbone.name
+        params = OmegaConf.to_container(cfg.backbone.params[name], resolve=True)
+        return config_hash(cfg), cfg.extract.shard_dir, cache_dir("/c", "d", name, params)
+
+    for name, key, value in (("maskclip_vitl14", "attention_keys", "true"), ("siglip2_vitb16_256", "project", "true")):
+        cfg = load_config(["task=zeroshot", f"backbone.name={name}"])
+        before = names(cfg)
+        older = cfg.copy()
+        with open_dict(older):
+            del older.backbone.params[name][key]
+            del older.zeroshot["key_smoothing"]
+        assert names(older) == before, name
+        changed = names(load_config(["task=zeroshot", f"backbone.name={name}", f"backbone.params.{name}.{key}={value}"]))
+        assert all(a != b for a, b in zip(changed, before)), name
+    plain = names(load_config(["task=zeroshot", "backbone.name=maskclip_vitl14"]))
     smoothed = load_config(["task=zeroshot", "backbone.name=maskclip_vitl14", "zeroshot.key_smoothing=1.0"])
-    assert config_hash(smoothed) != before[0] and smoothed.extract.shard_dir == before[1]
+    assert config_hash(smoothed) != plain[0] and smoothed.extract.shard_dir == plain[1]
+    clip = load_config(["backbone.name=clip_vitb16", "backbone.params.clip_vitb16.project=false"])
+    clip_null = load_config(["backbone.name=clip_vitb16"])
+    assert config_hash(clip) != config_hash(clip_null)
 
 
 def test_patch_model_with_key_smoothing_equals_maskclips_pipeline_on_minivoc(root):

@@ -191,6 +191,14 @@ def _clip(name: str):
     return build
 
 
+def _dinotxt(checkpoint, backbone_checkpoint, **kwargs):
+    """dino.txt: ``checkpoint`` is its head-and-text-encoder file (the one text queries read), the ViT-L/16
+    weights come from ``backbone_checkpoint``; torch.nn modules are built on call, not at import."""
+    from bench.backbones.dinotxt import load_dinotxt
+
+    return load_dinotxt(backbone_checkpoint, checkpoint, **kwargs)
+
+
 BACKBONES = {
     "colortexture": ColorTextureBackbone,
     **VIT_FAMILY,  # dinov2_vits14 / vitb14 / vitl14 / vitg14, dino_vitb16, imagenet_vitl
@@ -198,6 +206,7 @@ BACKBONES = {
     **DINOV3_FAMILY,  # dinov3_vit{s,s+,b,l,h+}16, dinov3_vit7b16: RoPE, 4 registers (timm's Eva)
     **SIGLIP_FAMILY,  # siglip2_*: SigLIP 2 trunks (open_clip files), patch tokens, no class token
     **RADIO_FAMILY,  # radio_v3_* / radio_v4_*: C-RADIO (NVIDIA's or timm's files), registers dropped
+    "dinotxt_vitl16": _dinotxt,  # DINOv3 ViT-L/16 + dino.txt's vision head: patch tokens in its text space
     **{name: _clip(name) for name in CLIP_NAMES},  # clip_vitb32 (full-resolution grid), maskclip_vitl14 (fixed
                                                   # positional embedding)
 }

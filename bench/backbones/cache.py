@@ -29,7 +29,11 @@ from bench.regions.cache import params_digest, report_damaged
 
 
 def cache_dir(root: str | Path, dataset: str, backbone: str, params: dict) -> Path:
-    """The directory holding one backbone config's grids of one dataset."""
+    """The directory holding one backbone config's grids of one dataset (options added later, at their
+    neutral value, are left out of the name: ``bench.config.HASH_NEUTRAL``)."""
+    from bench.config import without_neutral
+
+    params = without_neutral(dict(params), f"backbone.params.{backbone}")
     return Path(root) / dataset / f"{backbone}-{params_digest(backbone, params)}"
 
 

@@ -11,17 +11,30 @@ and loaded strictly. Nothing is downloaded.
 
     backbone = load_siglip_backbone("siglip2_vitb16_256", "weights/ViT-B-16-SigLIP2-256/open_clip_model.safetensors")
     grid = backbone.features(image)   # (H, W, 3) uint8 -> (768, ceil(H/16), ceil(W/16)) float32
+    dense = load_siglip_backbone(..., project=True).features(image)   # the same shape, in the image-text space
 
 Preprocessing: [0, 1] -> centre zero-padding to a multiple of the patch (pad-before = pad // 2)
 -> Normalize(0.5, 0.5) (open_clip's preprocess config of every SigLIP 2 tag), so the padding is
 -1, as for the other backbones (black before normalising). No resize: the image's own size.
 
 Features: the trunk's patch tokens after the last block and the final ``norm`` (SigLIP has no
-class token or registers, so every token is a patch), (width, h, w). The attention-pool head
-(``trunk.attn_pool``) is not applied to the grid; ``global_feature`` gives it (open_clip's
-``encode_image`` before L2 normalisation). No dense "projection": SigLIP has no ``proj`` matrix
-(``timm_proj='none'``), the joint space is reached only through the attention pool, whose
-single learned query mixes all tokens; a MaskCLIP-like value path through it is not implemented.
+class token or registers, so every token is a patch), (width, h, w). They are NOT in the image-text
+space: SigLIP has no ``proj`` matrix (``timm_proj='none'``) and reaches the joint space only through
+the attention-pool head (``trunk.attn_pool``, timm's ``AttentionPoolLatent``), whose single learned
+query mixes all tokens into one vector per image; ``global_feature`` gives it (open_clip's
+``encode_image`` before L2 normalisation).
+
+``project=True``: the dense image-text path (MaskCLIP's idea applied to SigLIP's head). Each patch
+token x_i (after the final norm) goes through the head as if the query attended to it alone: with
+one key the softmax is 1, so q, k, ``q_norm``, ``k_norm`` and the latent drop out, and the head's
+output is y_i = proj(v(x_i)) (v = the value half of ``attn_pool.kv``, heads concatenated in timm's
+layout), then y_i + mlp(norm(y_i)), then ``forward_head``'s ``fc_norm``, ``head_drop``, ``head``
+(Identity, Dropout(0) and Identity for these trunks: ``global_pool='map'``, ``num_classes=0``).
+The head's ``pos_embed`` would be added before ``kv`` as timm does (SigLIP's head has none).
+Grid: (joint dim, h, w); for an image of a single patch it equals ``global_feature`` exactly. It
+is the head's output for a one-token image, NOT something SigLIP was trained to produce per patch
+(training only ever pooled over all tokens of an image), so how well text matches it is an
+empirical question, as for MaskCLIP's value path in CLIP.
 
 Position embeddings: SigLIP's table is a fixed (1, g*g, width) grid (g = image_size / patch,
 e.g. 16 for ViT-B-16-SigLIP2-256). The trunk is built with ``dynamic_img_size=True``, so timm's
@@ -36,8 +49,8 @@ it from the file.
 
 Text: the same file holds the text tower (``text.*``), and the published repository holds the Gemma
 tokenizer beside it (``TOKENIZER_FILES``; open_clip's ``hf_tokenizer_name`` is the model's own repo);
-``bench.openvocab`` loads both for open-vocabulary queries, but the patch grid above is NOT in the
-image-text space (see ``bench.openvocab.check_region_space``).
+``bench.openvocab`` loads both for open-vocabulary queries, which accept region vectors of the
+``project=True`` grid only (``bench.openvocab.check_region_space``).
 """
 from __future__ import annotations
 
@@ -165,12 +178,48 @@ class TimmGridBackbone:
 
 
 class SiglipBackbone(TimmGridBackbone):
-    """SigLIP 2 trunk patch tokens; build with ``load_siglip_backbone``."""
+    """SigLIP 2 trunk patch tokens, or with ``project`` their per-token attention-pool head outputs
+    (the module docstring); build with ``load_siglip_backbone``."""
+
+    def __init__(self, model, mean: Sequence[float], std: Sequence[float], device: str = "cpu",
+                 dtype: str = "fp32", name: str = "siglip2", project: bool = False):
+        super().__init__(model, mean, std, device=device, dtype=dtype, name=name)
+        self.project = project
+        if project:
+            self.embed_dim = model.attn_pool.out_features  # = the joint dim (head: Identity, num_classes=0)
+
+    def _grids(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, Hp, Wp) preprocessed -> (B, embed_dim, h, w) float32 on the CPU."""
+        grid = super()._grids(x)  # (B, width, h, w)
+        if not self.project:
+            return grid
+        b, _, h, w = grid.shape
+        with self._autocast():
+            tokens = self.dense_head(grid.to(self.device).flatten(2).transpose(1, 2))  # (B, h*w, D)
+        return tokens.transpose(1, 2).reshape(b, -1, h, w).float().cpu()
+
+    def dense_head(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, N, width) trunk tokens after the final norm -> (B, N, D): ``forward_head`` of each token
+        alone, i.e. timm's ``AttentionPoolLatent.forward`` with one key (softmax = 1, so only the
+        value half of ``kv`` matters), then ``fc_norm``, ``head_drop``, ``head`` as ``forward_head``."""
+        pool, model = self.model.attn_pool, self.model
+        if pool.pos_embed is not None:  # timm adds a fixed-length table to the whole sequence
+            if x.shape[1] != pool.pos_embed.shape[0]:
+                raise ValueError(f"{self.name}'s attention pool has a {pool.pos_embed.shape[0]}-token position "
+                                 f"table, which timm adds to the sequence; this image has {x.shape[1]} tokens")
+            x = x + pool.pos_embed.unsqueeze(0).to(x.dtype)
+        width = pool.kv.out_features // 2  # kv's outputs: [k of every head | v of every head]
+        bias = None if pool.kv.bias is None else pool.kv.bias[width:]
+        y = pool.proj_drop(pool.proj(F.linear(x, pool.kv.weight[width:], bias)))
+        if pool.mlp is not None:
+            y = y + pool.mlp(pool.norm(y))
+        return model.head(model.head_drop(model.fc_norm(y)))
 
     @torch.no_grad()
     def global_feature(self, image: np.ndarray) -> torch.Tensor:
-        """(H, W, 3) uint8 -> (embed_dim,): the attention-pooled image embedding (open_clip's
-        ``encode_image(normalize=False)``), the image padded as for ``features``."""
+        """(H, W, 3) uint8 -> (D,): the attention-pooled image embedding (open_clip's
+        ``encode_image(normalize=False)``), the image padded as for ``features``; the same with or
+        without ``project``."""
         with self._autocast():
             pooled = self.model.forward_head(self.model.forward_features(self.preprocess(image)[None].to(self.device)))
         return pooled[0].float().cpu()
@@ -203,12 +252,14 @@ def _facts(shapes: dict[str, tuple]) -> str:
 
 
 def load_siglip_backbone(name: str, checkpoint: str | Path, device: str = "cpu", tiny: bool | None = None,
-                         dtype: str = "fp32") -> SiglipBackbone:
+                         dtype: str = "fp32", project: bool = False) -> SiglipBackbone:
     """The frozen SigLIP 2 backbone ``name`` (a key of SIGLIP_BACKBONES) with weights from a local file.
 
       checkpoint  open_clip's file of that model (``open_clip_model.safetensors`` or
                   ``open_clip_pytorch_model.bin``); only ``visual.trunk.*`` is read
       tiny        build the TINY variant; None infers it from the file (width and depth of TINY)
+      project     features in the image-text space: each patch token through the attention-pool
+                  head alone (the module docstring); False: the trunk's patch tokens
     """
     spec = _spec(name)
     path = Path(checkpoint).expanduser()
@@ -231,7 +282,7 @@ def load_siglip_backbone(name: str, checkpoint: str | Path, device: str = "cpu",
     trunk = create_trunk(name, tiny)
     trunk.load_state_dict(state, strict=True)
     return SiglipBackbone(trunk, SIGLIP_MEAN, SIGLIP_STD, device=device, dtype=dtype,
-                          name=f"tiny {name}" if tiny else name)
+                          name=f"tiny {name}" if tiny else name, project=project)
 
 
 def tiny_text_cfg(name: str) -> dict:

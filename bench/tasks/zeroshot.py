@@ -2,9 +2,9 @@
 
 Unit and shards: segmentation's (``hist.npy``, ``label.png``), of the val split only, so a shard
 set extracted for segmentation serves here too. The class names (``zeroshot.class_names`` or the
-dataset's) are embedded by the backbone's own text tower (``bench.openvocab``: CLIP / MaskCLIP, from
-the same local checkpoint file; SigLIP 2 is refused, its patch tokens are outside the image-text
-space: ``openvocab.check_region_space``) with prompt ensembling; each region vector (``model.kind=region``)
+dataset's) are embedded by the backbone's own text tower (``bench.openvocab``: CLIP / MaskCLIP, SigLIP 2,
+dino.txt, from the same local checkpoint file; vectors outside the image-text space, CLIP's or SigLIP 2's
+without ``project=true``, are refused: ``openvocab.check_region_space``) with prompt ensembling; each region vector (``model.kind=region``)
 or patch vector (``model.kind=patch``, shards with ``extract.patches=true``) gets the softmax of its
 scaled cosine similarities to them (``models.zeroshot``), painted and scored with segmentation's
 exact mIoU. ``eval.py`` runs it; ``train.py`` has nothing to fit.

@@ -22,7 +22,8 @@ import sys
 from pathlib import Path
 
 from bench.atomic import atomic_path
-from bench.backbones import clip as backbones_clip, dinov3 as backbones_dinov3, vit as backbones_vit
+from bench.backbones import clip as backbones_clip, dinotxt as backbones_dinotxt, dinov3 as backbones_dinov3
+from bench.backbones import vit as backbones_vit
 from bench.backbones import radio as backbones_radio, siglip as backbones_siglip
 from bench.regions import sam as regions_sam, sam2 as regions_sam2
 
@@ -52,6 +53,9 @@ RANDOM_CHECKPOINTS = {
         lambda p: backbones_siglip.save_random_checkpoint("siglip2_vitb16_256", p, tokenizer=True),
     "radio_v3_vitl16_tiny_random.safetensors":  # NVIDIA's model.safetensors layout (128x128 table: 4 MB)
         lambda p: backbones_radio.save_random_checkpoint("radio_v3_vitl16", p, layout="nvidia"),
+    # dino.txt's head-and-text-encoder file (pairs with dinov3_vitl16_tiny_random.pth above) and, beside it as
+    # bench.openvocab looks for it, CLIP's BPE vocabulary (the copy open_clip ships)
+    "dinotxt_vitl16_tiny_random.pth": lambda p: backbones_dinotxt.save_random_checkpoint(p, bpe=True),
 }
 
 

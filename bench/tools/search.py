@@ -29,10 +29,10 @@ grey = pixels no region covers).
 in CLIP's joint image-text space: MaskCLIP (``backbone.name=maskclip_vitl14``, projected by default)
 or CLIP with ``proj`` (``backbone.name=clip_vitb32 backbone.params.clip_vitb32.project=true``; its
 default is the paper's 768-d tokens before ``proj``, which text cannot be compared with: such an
-index is refused with this fix). The text tower comes from the backbone's own local OpenAI file (``bench.openvocab``;
-nothing is downloaded); the vision-only backbones have none, and SigLIP 2's region vectors (trunk
-patch tokens) are outside its image-text space (``openvocab.check_region_space``): both say so before
-any work. The text is embedded and every image scored by its best region's cosine similarity to it.
+index is refused with this fix; SigLIP 2 likewise needs ``project=true``; dino.txt's are in its text
+space). The text tower comes from the backbone's own local file (``bench.openvocab``; nothing is
+downloaded); the vision-only backbones have none (``openvocab.check_region_space`` and the tower
+lookup say so before any work). The text is embedded and every image scored by its best region's cosine similarity to it.
 ``templates``: none (default) embeds the text as typed; simple / imagenet ensemble it through
 open_clip's 7 / 80 ImageNet templates ("a photo of a {}.", ...; each prompt normalised, averaged,
 renormalised). None is the default because the templates were written around bare class names:
