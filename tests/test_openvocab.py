@@ -129,7 +129,7 @@ def test_zero_shot_labels_with_real_text_tower(ckpt):
 
 
 def test_dimension_mismatch_says_to_project():
-    with pytest.raises(ValueError, match="project=True"):
+    with pytest.raises(ValueError, match="project=true"):
         zero_shot_logits(torch.zeros(3, 768), torch.zeros(4, 512))
 
 
