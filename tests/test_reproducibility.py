@@ -73,3 +73,27 @@ def test_colour_texture_grids_without_avx512_agree_within_two_float16_ulps(tmp_p
     assert differ.mean() < 0.02
     spacing = np.spacing(np.maximum(np.abs(a), np.abs(b)))
     assert (np.abs(a.astype(np.float32) - b.astype(np.float32)) <= 2 * spacing.astype(np.float32)).all()
+
+
+def test_colour_texture_std_channels_are_correctly_rounded_square_roots():
+    """The Lab standard deviations (channels 3:6) are IEEE sqrt of the float32 patch variances: torch's
+    sqrt of a large tensor goes through MKL's vector math on Intel CPUs, whose last bit differs from the
+    correctly rounded one in about 0.7% of values there (17% under MKL_CBWR=COMPATIBLE), so an Intel and
+    an AMD machine wrote different shards of the same images."""
+    import torch
+    import torch.nn.functional as F
+    from skimage.color import rgb2lab
+
+    from bench.backbones import ColorTextureBackbone, center_pad
+
+    image = np.random.default_rng(0).integers(0, 256, (300, 420, 3), dtype=np.uint8)
+    backbone = ColorTextureBackbone()
+    p = backbone.patch_size
+    lab = center_pad(rgb2lab(image.astype(np.float32) / 255).astype(np.float32), p)
+    channels = torch.from_numpy(lab).permute(2, 0, 1)
+    mean = F.avg_pool2d(channels, p)
+    centred = channels - mean.repeat_interleave(p, 1).repeat_interleave(p, 2)
+    variance = F.avg_pool2d(centred * centred, p).numpy().astype(np.float64)
+    exact = np.sqrt(variance).astype(np.float32) / np.float32(25.0)  # float64 sqrt rounded once: correctly rounded
+    grid = backbone.features(image).numpy()
+    assert np.array_equal(grid[3:6], exact)

@@ -112,8 +112,10 @@ class ColorTextureBackbone:
         channels = torch.from_numpy(lab).permute(2, 0, 1)                  # (3, Hp, Wp)
         mean = F.avg_pool2d(channels, p)                                    # (3, h, w)
         centred = channels - mean.repeat_interleave(p, 1).repeat_interleave(p, 2)
-        std = F.avg_pool2d(centred * centred, p).sqrt()
-        mean, std = mean.permute(1, 2, 0).numpy(), std.permute(1, 2, 0).numpy()  # (h, w, 3)
+        variance = F.avg_pool2d(centred * centred, p)
+        # numpy's sqrt, not torch's: torch sends large tensors to MKL's vector math, whose last bit follows
+        # MKL's code path for the CPU (MKL_CBWR); IEEE sqrt is correctly rounded on every instruction set
+        mean, std = mean.permute(1, 2, 0).numpy(), np.sqrt(variance.permute(1, 2, 0).numpy())  # (h, w, 3)
         grad_y, grad_x = np.gradient(luminance, axis=(1, 3))  # per patch: axes 1, 3 stay inside it
         magnitude = np.hypot(grad_x, grad_y)
         energy = np.log1p(magnitude.mean(axis=(1, 3)))[..., None]
