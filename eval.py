@@ -107,8 +107,22 @@ def evaluate(cfg: DictConfig) -> dict[str, dict]:
             print(f"{cell}: {task.summary(metrics)}")
         if table_rows(cfg):
             out = Path(cfg.paths.results_root) / str(cfg.experiment)
-            print(write_tables(cfg, out, "train.py" if task.trains else "eval.py"))
+            print(write_tables(cfg, out, next_steps(cfg)))
     return results
+
+
+def next_steps(cfg: DictConfig):
+    """cell -> the command that fills it after extraction: train.py for a cell whose task trains, else
+    eval.py. A cell's task is the last ``task`` its layers set (cell, row, column, experiment), so a
+    trained row in a zero-shot table (a pseudo-label student) is told to train."""
+    rows, columns, cells = table_rows(cfg), cfg.table.columns or {}, cfg.table.cells or {}
+
+    def step(cell: str) -> str:
+        row, column = cell.split("/", 1)
+        layers = (cells.get(cell) or {}, rows.get(row) or {}, columns.get(column) or {})
+        task = next((layer["task"] for layer in layers if "task" in layer), cfg.task)
+        return "train.py" if get_task(task).trains else "eval.py"
+    return step
 
 
 def main(argv: list[str]) -> dict | str:

@@ -75,10 +75,14 @@ def train_cell(cfg: DictConfig) -> dict:
 
 def train(cfg: DictConfig) -> dict[str, dict]:
     """Every selected cell; returns {cell: metrics}."""
-    if not get_task(cfg.task).trains:
+    cells = cell_configs(cfg)
+    trained = {cell: ccfg for cell, ccfg in cells.items() if get_task(ccfg.task).trains}  # a table may mix tasks
+    if not trained:
         raise ValueError(f"experiment {cfg.experiment} is a {cfg.task} task: nothing to train; "
                          f"run python eval.py experiment={cfg.experiment}")
-    results = {cell: train_cell(ccfg) for cell, ccfg in cell_configs(cfg).items()}
+    if len(trained) < len(cells):
+        log.info("not trained (scored by python eval.py): %s", ", ".join(c for c in cells if c not in trained))
+    results = {cell: train_cell(ccfg) for cell, ccfg in trained.items()}
     if table_rows(cfg) and pl.utilities.rank_zero.rank_zero_only.rank == 0:  # the table as it stands now
         print(write_tables(cfg, Path(cfg.paths.results_root) / str(cfg.experiment)))
     return results

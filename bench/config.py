@@ -23,7 +23,9 @@ from __future__ import annotations
 import copy
 import difflib
 import fnmatch
+import functools
 import os
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -241,7 +243,7 @@ def load_config(argv: Iterable[str] = (), experiment: str | None = None) -> Dict
 
     check_table(cfg)
     check_extract_share(cfg)
-    return cfg
+    return student_config(cfg)
 
 
 def check_table(cfg: DictConfig) -> None:
@@ -327,7 +329,60 @@ def cell_config(cfg: DictConfig, cell: str) -> DictConfig:
         out = _merge_checked(out, update, "command line", dataset)
         OmegaConf.set_struct(out, True)
     out.cell = cell
-    return out
+    return student_config(out)
+
+
+def student_config(cfg: DictConfig) -> DictConfig:
+    """``cfg``; with ``pseudo_labels.teacher`` (a student trained on a zero-shot teacher's labels,
+    bench/pseudo_labels.py) the teacher checked and the shards in ``<extract.shard_dir>-teacher-<hash>``:
+    its train shards hold the teacher's labels, so no other teacher (or none) may share them."""
+    if cfg.pseudo_labels.teacher is None:
+        return cfg
+    if TASK_NODES["pseudo_labels"] != cfg.task:
+        raise ConfigError(f"pseudo_labels.teacher trains a segmentation student on a teacher's labels, but "
+                          f"task={cfg.task}: set pseudo_labels.teacher=null or task=segmentation")
+    raw = str(OmegaConf.to_container(cfg.extract)["shard_dir"])
+    cfg.extract.shard_dir = f"{re.sub(r'-teacher-[0-9a-f]{12}$', '', raw)}-teacher-{teacher_hash(cfg)}"
+    return cfg
+
+
+def teacher_config(cfg: DictConfig) -> DictConfig:
+    """The zero-shot run whose predictions label a student's train split: ``cfg`` with task=zeroshot,
+    no table, the default shard directory, ``pseudo_labels.teacher`` applied as a layer (checked as any
+    layer), and its val split = the train split."""
+    base = copy.deepcopy(cfg)
+    base.task, base.pseudo_labels.teacher = "zeroshot", None
+    base.cell, base.experiment, base.overrides, base.rerun, base.pictures = None, None, [], False, 0
+    defaults = _defaults_container()
+    base.table = defaults["table"]  # a table's rows would turn it back into the student
+    base.extract.shard_dir = defaults["extract"]["shard_dir"]
+    teacher = apply_overrides(base, cfg.pseudo_labels.teacher, "pseudo_labels.teacher")
+    if teacher.task != "zeroshot" or teacher.pseudo_labels.teacher is not None:
+        raise ConfigError("pseudo_labels.teacher sets task or pseudo_labels: the teacher is a zero-shot run "
+                          "(task=zeroshot) without a teacher of its own")
+    teacher.dataset.val_split = teacher.dataset.train_split
+    return teacher
+
+
+@functools.lru_cache(maxsize=None)
+def _defaults_container() -> dict:
+    return OmegaConf.to_container(OmegaConf.load(DEFAULTS))
+
+
+# Keys a zero-shot teacher's predictions do not depend on (its student's training): out of the teacher's
+# hash, so students that differ only in them share one teacher.
+STUDENT_ONLY = ("seed", "model.preset", "model.decoder", "model.decoder_params", "model.label_threshold",
+                "model.label_denominator", "model.loss_weighting", "model.lr", "model.weight_decay",
+                "model.scheduler", "model.warmup_epochs", "model.cosine_t_max", "model.report_oracle",
+                "data.batch_size", "data.region_batch_size", "data.region_buffer", "data.shuffle_buffer",
+                "trainer.max_epochs", "trainer.max_steps", "trainer.check_val_every_n_epoch", "trainer.deterministic",
+                "trainer.limit_train_batches", "trainer.limit_val_batches", "trainer.val_check_interval",
+                "trainer.accumulate_grad_batches", "trainer.gradient_clip_val")
+
+
+def teacher_hash(cfg: DictConfig) -> str:
+    """The config hash of a student's teacher (``teacher_config``) without STUDENT_ONLY keys."""
+    return config_hash(teacher_config(cfg), ignore=STUDENT_ONLY)
 
 
 def selected_cells(cfg: DictConfig) -> list[str]:
@@ -363,13 +418,13 @@ EXECUTION_KEYS = (
     "experiment", "cell", "overrides", "resume", "rerun", "save_predictions", "pictures", "print_config", "table",
     "logger", "launcher",
     "paths", "data.num_workers", "data.verify", "extract.progress", "extract.workers", "extract.backbone_batch", "extract.index", "extract.count",
-    "extract.shard_dir", "extract.feature_cache", "regions.cache",  # locations of what the other keys define
+    "extract.shard_dir", "extract.feature_cache", "regions.cache", "pseudo_labels.dir",  # locations of what the other keys define
     "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps",
     "datasets", "preset_applied",  # the catalogue `dataset` is picked from; a record of values already in the config
 )
 
 
-TASK_NODES = {"zeroshot": "zeroshot"}  # config node -> the one task that reads it (see config_hash)
+TASK_NODES = {"zeroshot": "zeroshot", "pseudo_labels": "segmentation"}  # config node -> the one task that reads it
 
 
 def config_hash(cfg: DictConfig, ignore: tuple[str, ...] = ()) -> str:
@@ -401,6 +456,11 @@ def config_hash(cfg: DictConfig, ignore: tuple[str, ...] = ()) -> str:
 
     # a node only one task reads, added after runs of the others were made, stays out of their hashes
     other_tasks = [node for node, task in TASK_NODES.items() if resolved.get("task") != task]
+    teacher = (resolved.get("pseudo_labels") or {}).get("teacher")
+    if teacher is not None and "pseudo_labels" not in other_tasks:  # a student: its teacher enters, by hash
+        resolved["pseudo_labels"] = {"teacher": teacher, "teacher_hash": teacher_hash(cfg)}
+    else:  # without one the node stays out: the hashes of runs made before it existed hold
+        other_tasks.append("pseudo_labels")
     for key in (*EXECUTION_KEYS, *launch, *ignore, *other_tasks):
         parent, _, leaf = key.rpartition(".")
         node = resolved

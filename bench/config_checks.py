@@ -45,6 +45,7 @@ KEY_TYPES = {
            "backbone.params.*.project"),
     str: ("experiment", "cell", "table.title", "model.preset", "model.compat", "weights", "regions.params.*.preset"),
     list: ("backbone.params.*.layers",),
+    dict: ("pseudo_labels.teacher",),  # dotted overrides (bench/pseudo_labels.py)
     typing.Union[int, typing.Literal["auto"]]: ("extract.workers",),
 }
 # Keys with a non-null default that null switches off (see bench/defaults.yaml).

@@ -22,8 +22,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from bench import pseudo_labels
 from bench.cli import handled_elsewhere, print_paths, run
-from bench.config import load_config
+from bench.config import cell_configs, load_config, teacher_config
 from bench.preflight import check_inputs
 from bench.tasks import get_task
 
@@ -32,8 +33,24 @@ def extract(cfg: DictConfig) -> dict:
     """Everything the selected cells need, as their task extracts it; returns what the task returns
     (segmentation: {shard_dir/split: manifest})."""
     check_inputs(cfg)  # missing checkpoints or dataset root: an error before any file is written
-    task = get_task(cfg.task)
-    return task.extract(cfg, task)
+    cells = cell_configs(cfg)
+    students = [c for c in cells.values() if c.pseudo_labels.teacher is not None]
+    for ccfg in students:  # every teacher refused or accepted before any work
+        pseudo_labels.check_teacher(ccfg)
+        check_inputs(teacher_config(ccfg))
+    if students:  # each labels its student's train split first (made once, then reused)
+        from eval import eval_cell
+
+        for ccfg in students:
+            pseudo_labels.ensure_teacher(ccfg, extract=extract, predict=eval_cell)
+    if {c.task for c in cells.values()} == {cfg.task}:
+        task = get_task(cfg.task)
+        return task.extract(cfg, task)
+    done = {}  # rows of other tasks than the table's (a trained row in a zero-shot table): each as its task
+    for ccfg in cells.values():
+        task = get_task(ccfg.task)
+        done.update(task.extract(ccfg, task))
+    return done
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -94,14 +94,17 @@ def table_grid(cfg: DictConfig, results: dict[str, dict | None]) -> tuple[list[s
     return header, lines
 
 
-def missing_commands(cfg: DictConfig, results: dict[str, dict | None], next_step: str = "train.py") -> list[str]:
+def missing_commands(cfg: DictConfig, results: dict[str, dict | None], next_step="train.py") -> list[str]:
     """How to fill each missing cell: extract, then ``next_step`` (train.py, or eval.py for a task
-    that does not train)."""
+    that does not train; a function of the cell where a table mixes tasks)."""
+    def step(cell: str) -> str:
+        return next_step(cell) if callable(next_step) else next_step
+
     return [f"- {c}: `python -m bench.extract experiment={cfg.experiment} cell={c} && "
-            f"python {next_step} experiment={cfg.experiment} cell={c}`" for c, m in results.items() if m is None]
+            f"python {step(c)} experiment={cfg.experiment} cell={c}`" for c, m in results.items() if m is None]
 
 
-def render_markdown(cfg: DictConfig, results: dict[str, dict | None], next_step: str = "train.py") -> str:
+def render_markdown(cfg: DictConfig, results: dict[str, dict | None], next_step="train.py") -> str:
     header, rows = table_grid(cfg, results)
     lines = [f"### {cfg.table.title or cfg.experiment}", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -153,7 +156,7 @@ def render_latex(cfg: DictConfig, results: dict[str, dict | None]) -> str:
     return f"% {_latex_escape(str(cfg.table.title or cfg.experiment))}\n" + "\n".join(lines) + "\n"
 
 
-def write_tables(cfg: DictConfig, out_dir: Path, next_step: str = "train.py") -> str:
+def write_tables(cfg: DictConfig, out_dir: Path, next_step="train.py") -> str:
     """Render the experiment's table to out_dir/table.{md,csv,tex}; returns the Markdown. Missing
     cells are listed with their commands (``next_step`` after extraction)."""
     results = collect(cfg)

@@ -1,7 +1,7 @@
 """Raw datasets by directory layout: sample lists, label readers and class names."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -20,6 +20,8 @@ class Layout:
     save_prediction: Callable[[Path, str, np.ndarray], Path] | None = None
     prediction_subdir: str = "predictions"  # under the run directory
     generate: Callable[..., Path] | None = None  # writes the built-in mini set: (root, **dataset.generate)
+    # save_prediction's PNGs are in load_label's own format (a teacher's predictions can be train labels)
+    predictions_are_labels: bool = False
 
 
 def _generate_minivoc(root: Path, **params) -> Path:
@@ -58,9 +60,9 @@ def _scannet_classes(root: Path) -> list[str]:
 
 LAYOUTS = {
     "voc": Layout(voc.iter_samples, voc.load_label, lambda root: list(voc.VOC_CLASSES), voc.save_prediction,
-                  "results/VOC2012/Segmentation/comp5_val_cls", _generate_minivoc),
+                  "results/VOC2012/Segmentation/comp5_val_cls", _generate_minivoc, predictions_are_labels=True),
     "ade20k": Layout(ade20k.iter_samples, ade20k.load_label, ade20k.class_names, ade20k.save_prediction,
-                     "predictions", _generate_miniade),
+                     "predictions", _generate_miniade, predictions_are_labels=True),
     # label_path is a coco.CocoLabel (annotation file, image id); labels: contiguous category indices
     "coco": Layout(coco.iter_samples, coco.load_label, coco.class_names, coco.save_prediction,
                    generate=_generate_minicoco),
@@ -110,9 +112,11 @@ def check_generation_root(root: Path) -> None:
                          "choose an empty dataset.root (or delete a half-written one)")
 
 
-def dataset_items(dataset: DictConfig, split: str) -> list[voc.VocSample]:
+def dataset_items(dataset: DictConfig, split: str, labels: dict[str, str] | None = None) -> list[voc.VocSample]:
     """The split's samples in file order, capped at ``dataset.max_images``. An id met twice is an
-    error: it would be scored twice, or be two members of one shard."""
+    error: it would be scored twice, or be two members of one shard. ``labels``: {split: directory}
+    whose ``<id>.png`` replace that split's label maps (a teacher's predictions, bench/pseudo_labels.py),
+    read by the layout's own ``load_label``; an image without one is an error naming it."""
     items = list(layout(dataset).iter_samples(dataset.root, split))
     seen: dict[str, voc.VocSample] = {}
     for item in items:
@@ -120,7 +124,14 @@ def dataset_items(dataset: DictConfig, split: str) -> list[voc.VocSample]:
             raise ValueError(f"split {split!r} of {dataset.root} lists image id '{item.id}' twice "
                              f"({seen[item.id].image_path} and {item.image_path})")
         seen[item.id] = item
-    return items[: dataset.max_images] if dataset.max_images else items
+    items = items[: dataset.max_images] if dataset.max_images else items
+    if labels and split in labels:
+        items = [replace(item, label_path=Path(labels[split]) / f"{item.id}.png") for item in items]
+        missing = [item.label_path for item in items if not item.label_path.is_file()]
+        if missing:
+            raise ValueError(f"{len(missing)} of the {len(items)} images of split {split!r} have no label file in "
+                             f"{labels[split]} (first: {missing[0]}): the teacher did not label them")
+    return items
 
 
 def split_name(split: str) -> str:

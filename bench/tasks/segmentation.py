@@ -8,13 +8,14 @@ Predictions are written in the dataset's server format (``Layout.save_prediction
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from pathlib import Path
 
 import numpy as np
 from omegaconf import DictConfig
 
-from bench import runs
+from bench import pseudo_labels, runs
 from bench.labels import class_histogram
 from bench.tasks.base import Task
 from datamodules.datasets import class_names, dataset_items, layout
@@ -50,10 +51,26 @@ def unit_members(extractor, key: str, masks: np.ndarray, label: np.ndarray,
 
 
 def extract(cfg: DictConfig, task: Task) -> dict:
-    """Train and val region shards of every selected cell (``task``: this one, or a variant of it)."""
+    """Train and val region shards of every selected cell (``task``: this one, or a variant of it). A
+    cell with ``pseudo_labels.teacher`` reads its train labels from its teacher's PNGs (bench/pseudo_labels.py;
+    ``python -m bench.extract`` makes the teacher first)."""
+    from bench.config import cell_configs
     from bench.extraction import extract_splits
 
-    return extract_splits(cfg, lambda c: (c.dataset.train_split, c.dataset.val_split), task)
+    def splits(c):
+        return c.dataset.train_split, c.dataset.val_split
+
+    cells = cell_configs(cfg).values()
+    if all(c.pseudo_labels.teacher is None for c in cells):
+        return extract_splits(cfg, splits, task)
+    done = {}
+    for ccfg in cells:
+        student = task
+        if ccfg.pseudo_labels.teacher is not None:
+            labels = {ccfg.dataset.train_split: pseudo_labels.record(ccfg)["label_dir"]}
+            student = dataclasses.replace(task, units=functools.partial(dataset_items, labels=labels))
+        done.update(extract_splits(ccfg, splits, student))
+    return done
 
 
 def models() -> dict:
@@ -80,13 +97,20 @@ def summary(metrics: dict) -> str:
 
 
 def report(cfg: DictConfig) -> dict:
-    return {"class_names": class_names(cfg.dataset)}
+    return {"class_names": class_names(cfg.dataset), **pseudo_labels.report(cfg)}
+
+
+def check_data(cfg: DictConfig, datamodule, split: str) -> dict:
+    """The split's manifest (runs.check_shards); a student's teacher must be finished before it trains."""
+    if split == cfg.dataset.train_split:
+        pseudo_labels.report(cfg)  # its done.json, or an error saying how to make it
+    return runs.check_shards(cfg, datamodule, split)
 
 
 TASK = Task(
     name="segmentation", members=MEMBERS, units=dataset_items, load_unit=load_unit, unit_members=unit_members,
     check_unit=check_unit, extract=extract, summary=summary,
     trains=True, models=models, build_datamodule=functools.partial(runs.build_datamodule, members=MEMBERS),
-    check_data=runs.check_shards, build_model=runs.build_model,
+    check_data=check_data, build_model=runs.build_model,
     report=report,
     prediction_writer=prediction_writer, pictures=pictures)
