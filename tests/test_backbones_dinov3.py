@@ -2,7 +2,9 @@
 checked against an independent re-implementation of the official forward (facebookresearch/dinov3)."""
 from __future__ import annotations
 
+import json
 import math
+import shutil
 import subprocess
 import sys
 
@@ -10,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from bench.backbones.dinov3 import (DINOV3_BACKBONES, DINOV3_FAMILY, TINY, create_dinov3, load_dinov3_backbone,
-                                    save_random_checkpoint)
+                                    save_random_checkpoint, to_official_keys)
 
 NAMES = list(DINOV3_BACKBONES)
 SIZES = [(37, 53), (50, 41), (32, 48), (5, 70)]  # non-square, exact multiple of 16, a single row
@@ -255,6 +258,7 @@ def test_missing_file_names_official_file(tmp_path):
     message = str(error.value)
     assert str(tmp_path / "nope.pth") in message and "dl.fbaipublicfiles.com/dinov3/dinov3_vith16plus/" in message
     assert "ai.meta.com" in message and "huggingface.co/timm/vit_huge_plus_patch16_dinov3.lvd1689m" in message
+    assert "huggingface.co/facebook/dinov3-vith16plus-pretrain-lvd1689m" in message
     with pytest.raises(ValueError, match="valid names"):
         load_dinov3_backbone("dinov3_vitg14", tmp_path / "nope.pth")
 
@@ -273,3 +277,182 @@ def test_registry_factory_reproducible_file_and_lazy_timm(checkpoints, tmp_path)
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
     code = "import sys, bench.backbones.dinov3, bench.backbones.vit; assert 'timm' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# transformers' layout (facebook/dinov3-*): tiny random DINOv3ViTModel saved by save_pretrained, checked against
+# transformers' own forward and RoPE, and (through the official layout) against the official forward above.
+
+def _hf_config(name: str):
+    """The tiny DINOv3ViTConfig of ``name``, as convert_dinov3_vit_to_hf.py configures the real ones: q/v
+    biases except on the 7B, never a key bias (the default key_bias=False), SwiGLU with silu on S+, H+, 7B."""
+    from transformers import DINOv3ViTConfig
+
+    with torch.device("meta"):
+        mlp = create_dinov3(name, tiny=True).blocks[0].mlp
+    gated, bias = hasattr(mlp, "fc1_g"), DINOV3_BACKBONES[name].qkvb_arch is not None
+    return DINOv3ViTConfig(patch_size=16, hidden_size=TINY["embed_dim"], num_hidden_layers=TINY["depth"],
+                           num_attention_heads=TINY["num_heads"], intermediate_size=mlp.fc2.in_features,
+                           num_register_tokens=4, use_gated_mlp=gated, hidden_act="silu" if gated else "gelu",
+                           query_bias=bias, value_bias=bias)
+
+
+def _random_hf_model(name: str, seed: int = 0):
+    """A random transformers DINOv3ViTModel (eval), perturbed as ``random_dinov3`` perturbs timm's."""
+    from transformers import DINOv3ViTModel
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = DINOv3ViTModel(_hf_config(name)).eval()
+        with torch.no_grad():
+            for key, value in model.state_dict().items():  # shares storage with the parameters
+                if "layer_scale" in key:
+                    value.copy_(0.1 + 0.4 * torch.rand_like(value))
+                elif key.endswith(("q_proj.weight", "k_proj.weight")):
+                    value.normal_(0, 2 / value.shape[1] ** 0.5)
+                elif value.ndim >= 2 and "token" not in key:  # transformers' std 0.02: near-identity blocks
+                    value.normal_(0, 1 / value[0].numel() ** 0.5)
+                elif value.ndim == 1 or "token" in key:
+                    value.add_(torch.randn_like(value) * 0.02)
+    return model
+
+
+@pytest.fixture(scope="module")
+def hf_files(tmp_path_factory) -> dict:
+    """name -> directory holding model.safetensors + config.json of a tiny random DINOv3ViTModel."""
+    root = tmp_path_factory.mktemp("dinov3_hf")
+    for seed, name in enumerate(NAMES):
+        _random_hf_model(name, seed).save_pretrained(root / name)
+    return {name: root / name for name in NAMES}
+
+
+def _hf_grid(model, x: torch.Tensor) -> torch.Tensor:
+    """transformers' forward: last_hidden_state (after the final norm), class + 4 registers dropped -> (d, h, w)."""
+    with torch.no_grad():
+        tokens = model(pixel_values=x).last_hidden_state[0, 1 + 4:]
+    return tokens.T.reshape(-1, x.shape[2] // 16, x.shape[3] // 16)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_transformers_file_matches_transformers_forward(name, hf_files):
+    """Ours (loaded from transformers' model.safetensors) vs transformers' DINOv3ViTModel.from_pretrained of the
+    same directory: max relative error < 1e-4, at a padded non-square size and an exact multiple of 16."""
+    from transformers import DINOv3ViTModel
+
+    with safe_open(str(hf_files[name] / "model.safetensors"), "pt") as f:  # the Hub files' names
+        assert "layer.0.attention.q_proj.weight" in f.keys() and "embeddings.register_tokens" in f.keys()
+    backbone = load_dinov3_backbone(name, hf_files[name] / "model.safetensors")
+    assert backbone.name == f"tiny {name}"
+    assert ("blocks.0.attn.q_bias" in backbone.model.state_dict()) == (name != "dinov3_vit7b16")
+    model = DINOv3ViTModel.from_pretrained(hf_files[name]).eval()
+    errors = []
+    for h, w in [(37, 53), (32, 48)]:
+        image = _image(h, w, seed=2)
+        grid = backbone.features(image)
+        reference = _hf_grid(model, _input(image, DINOV3_BACKBONES[name].mean, DINOV3_BACKBONES[name].std))
+        assert grid.shape == reference.shape == (TINY["embed_dim"], -(-h // 16), -(-w // 16))
+        errors.append(_rel(grid, reference))
+    print(f"{name}: max relative error vs transformers forward {max(errors):.2e}")
+    assert max(errors) < 1e-4, errors
+
+
+def test_transformers_in_memory_names_read_too(hf_files, tmp_path):
+    """save_original_format=False keeps transformers 5's in-memory ``model.layer.N`` names: the same grid."""
+    from transformers import DINOv3ViTModel
+
+    name = "dinov3_vits16plus"
+    DINOv3ViTModel.from_pretrained(hf_files[name]).save_pretrained(tmp_path, save_original_format=False)
+    with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
+        assert "model.layer.0.mlp.gate_proj.weight" in f.keys()
+    image = _image(37, 53)
+    assert torch.equal(load_dinov3_backbone(name, tmp_path / "model.safetensors").features(image),
+                       load_dinov3_backbone(name, hf_files[name] / "model.safetensors").features(image))
+
+
+def test_rope_matches_transformers_at_non_square_grids(hf_files, checkpoints):
+    """RoPE sin/cos of ours (timm's rotary module, as loaded from a transformers file) vs transformers'
+    DINOv3ViTRopePositionEmbedding at non-square grids: same "separate" per-axis normalisation, same (h, w)
+    order, same rotate-half layout, same float32 periods. The official file's periods are bfloat16-rounded;
+    with them put into transformers' inv_freq, transformers' RoPE equals ours loaded from the official file."""
+    from transformers import DINOv3ViTModel
+
+    ours = load_dinov3_backbone("dinov3_vits16", hf_files["dinov3_vits16"] / "model.safetensors").model.rope
+    hf = DINOv3ViTModel.from_pretrained(hf_files["dinov3_vits16"]).eval().rope_embeddings
+
+    def hf_sin_cos(h, w):
+        cos, sin = hf(torch.zeros(1, 3, 16 * h, 16 * w))
+        return sin, cos
+
+    for h, w in [(3, 5), (5, 3), (4, 7), (1, 6)]:
+        sin, cos = ours.get_embed([h, w]).chunk(2, dim=-1)  # (h*w, d_head) each
+        ref_sin, ref_cos = hf_sin_cos(h, w)
+        assert torch.allclose(sin, ref_sin, atol=2e-6, rtol=0) and torch.allclose(cos, ref_cos, atol=2e-6, rtol=0)
+    sin, _ = ours.get_embed([3, 5]).chunk(2, dim=-1)
+    assert not torch.allclose(sin, hf_sin_cos(5, 3)[0], atol=1e-2)  # the grid's orientation matters
+    assert torch.allclose(1 / hf.inv_freq, ours.periods, rtol=1e-6, atol=0)
+
+    official = load_dinov3_backbone("dinov3_vits16", checkpoints["dinov3_vits16"]["official"]).model.rope
+    rounding = float(((official.periods - ours.periods) / ours.periods).abs().max())
+    assert 1e-4 < rounding < 4e-3  # bfloat16 keeps 8 significant bits: at most 2^-9 relative
+    sin_official, _ = official.get_embed([4, 7]).chunk(2, dim=-1)
+    assert not torch.allclose(sin_official, hf_sin_cos(4, 7)[0], atol=1e-4)
+    hf.inv_freq.copy_(1 / official.periods)
+    ref_sin, ref_cos = hf_sin_cos(4, 7)
+    assert torch.allclose(sin_official, ref_sin, atol=2e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["dinov3_vits16", "dinov3_vit7b16"])
+def test_transformers_differs_from_official_by_the_periods_only(name, hf_files, tmp_path):
+    """The same weights in the official layout (with bfloat16-rounded periods, as the released files) run by
+    the official forward written out above: transformers' model differs by more than 1e-4 (its float32
+    periods); with the official periods in its inv_freq it agrees within 1e-4. Ours from the transformers
+    file equals ours from the official file once the periods are aligned."""
+    from transformers import DINOv3ViTModel
+
+    backbone = load_dinov3_backbone(name, hf_files[name] / "model.safetensors")
+    sd = to_official_keys(backbone.model.state_dict(), TINY["num_heads"], seven_b=name == "dinov3_vit7b16")
+    model = DINOv3ViTModel.from_pretrained(hf_files[name]).eval()
+    image = _image(37, 53, seed=3)
+    x = _input(image, DINOV3_BACKBONES[name].mean, DINOV3_BACKBONES[name].std)
+    official = official_forward(sd, x, TINY["num_heads"])
+    unaligned = _rel(_hf_grid(model, x), official)
+    model.rope_embeddings.inv_freq.copy_(1 / sd["rope_embed.periods"].float())
+    aligned = _rel(_hf_grid(model, x), official)
+    print(f"{name}: transformers vs official forward {unaligned:.2e}, with the official periods {aligned:.2e}")
+    assert unaligned > 2e-4 and aligned < 1e-4
+
+    torch.save(sd, tmp_path / DINOV3_BACKBONES[name].file)
+    from_official = load_dinov3_backbone(name, tmp_path / DINOV3_BACKBONES[name].file)
+    backbone.model.rope.periods.copy_(from_official.model.rope.periods)
+    assert torch.equal(backbone.features(image), from_official.features(image))
+
+
+def test_transformers_file_refusals(hf_files, tmp_path):
+    """A wrong file is named by its shapes; a config.json that contradicts the weights, a key bias and another
+    transformers model are refused; without config.json the keys and the name suffice."""
+    from safetensors.torch import load_file
+
+    with pytest.raises(ValueError, match="transformers DINOv3ViTModel keys.*this is tiny dinov3_vits16plus"):
+        load_dinov3_backbone("dinov3_vits16", hf_files["dinov3_vits16plus"] / "model.safetensors")
+
+    copy = tmp_path / "copy"
+    shutil.copytree(hf_files["dinov3_vitb16"], copy)
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "num_attention_heads": 3, "rope_theta": 10.0}))
+    with pytest.raises(ValueError, match=r"config.json .*num_attention_heads=3 \(needs 2\), rope_theta=10.0"):
+        load_dinov3_backbone("dinov3_vitb16", copy / "model.safetensors")
+    (copy / "config.json").unlink()  # no config.json: the keys and the name are enough
+    assert load_dinov3_backbone("dinov3_vitb16", copy / "model.safetensors").name == "tiny dinov3_vitb16"
+
+    state = load_file(str(copy / "model.safetensors"))
+    state["layer.1.attention.k_proj.bias"] = torch.full((TINY["embed_dim"],), 0.1)
+    save_file(state, str(copy / "model.safetensors"))
+    with pytest.raises(ValueError, match=r"layer.1.attention.k_proj.bias is not zero"):
+        load_dinov3_backbone("dinov3_vitb16", copy / "model.safetensors")
+
+    from transformers import Dinov2Config, Dinov2Model
+
+    Dinov2Model(Dinov2Config(hidden_size=48, num_hidden_layers=2, num_attention_heads=2, intermediate_size=192,
+                             patch_size=16, image_size=64)).save_pretrained(tmp_path / "dinov2")
+    with pytest.raises(ValueError, match="another transformers model"):
+        load_dinov3_backbone("dinov3_vitb16", tmp_path / "dinov2" / "model.safetensors")

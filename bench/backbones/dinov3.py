@@ -20,7 +20,21 @@ Checkpoint formats, told apart by their keys:
              notes the released files hold them rounded to bfloat16) while timm recomputes them in float32,
              so the file's periods are copied into ``model.rope.periods`` after loading.
   timm       timm / Hugging Face ``model.safetensors`` (``timm/vit_*_patch16_dinov3[_qkvb].lvd1689m``): timm names
-             as they are (``head.*`` dropped). The transformers layout (``facebook/dinov3-*``) is not read.
+             as they are (``head.*`` dropped).
+  transformers  ``model.safetensors`` of ``facebook/dinov3-vit*16*-pretrain-lvd1689m`` as transformers'
+             ``DINOv3ViTModel.save_pretrained`` writes it (its ``convert_dinov3_vit_to_hf.py`` made them from the
+             official files): ``embeddings.{cls_token, register_tokens, mask_token, patch_embeddings}``,
+             ``[model.]layer.N.{norm1, attention.{q,k,v,o}_proj, layer_scale1.lambda1, norm2,
+             mlp.{up,down}_proj | mlp.{gate,up,down}_proj, layer_scale2.lambda1}``, ``norm``; no key bias (the
+             masked third is dropped), no biases at all in the 7B, no RoPE buffer (``inv_freq`` is recomputed).
+             Converted here (``transformers_to_timm``): q/k/v concatenated into ``qkv``, q/v biases kept, gate/up/
+             down -> fc1_g/fc1_x/fc2 (SwiGLU) or up/down -> fc1/fc2, lambda1 -> gamma_1/2, mask_token dropped.
+             The ``config.json`` beside the file is checked when present for what the keys cannot show
+             (heads, activation, LayerNorm eps, RoPE base, patch size); widths and depth come from the keys.
+             RoPE periods: the file has none, so, like transformers and timm, they are the float32
+             100^(2k/(d_head/2)); transformers drops the official file's (bfloat16-rounded) periods when it
+             converts, so its model and a transformers file differ from the official ``.pth`` by exactly
+             that rounding (5e-4 to 8e-4 relative on the tiny test models; tests/test_backbones_dinov3.py).
 Keys and shapes are compared before a strict load, so a file of another backbone is an error saying what
 it holds; a patch size other than 16 is refused before timm's converter could resample it.
 
@@ -40,6 +54,7 @@ Tiny models (tests, smoke runs): ``TINY`` overrides depth/width of the same timm
 """
 from __future__ import annotations
 
+import json
 import re
 from functools import partial
 from pathlib import Path
@@ -69,7 +84,8 @@ REGISTERS = 4
 # Quoted in error messages only, never fetched. The files are behind Meta's access form.
 PUBLISHED = ("https://dl.fbaipublicfiles.com/dinov3/{dir}/{file} (the URL Meta e-mails after the request at "
              "https://ai.meta.com/resources/models-and-libraries/dinov3-downloads/), or timm's "
-             "https://huggingface.co/timm/{arch} model.safetensors")
+             "https://huggingface.co/timm/{arch} model.safetensors, or transformers' https://huggingface.co/{hub} "
+             "model.safetensors (with its config.json)")
 
 
 def _row(size: str, arch: str, dim: int, depth: int, digest: str, qkvb: bool = True) -> DinoV3Row:
@@ -96,9 +112,14 @@ def _get(name: str) -> DinoV3Row:
     return DINOV3_BACKBONES[name]
 
 
+def hub_repo(name: str) -> str:
+    """The transformers repository of ``name``: facebook/dinov3-vitl16-pretrain-lvd1689m."""
+    return "facebook/" + _get(name).file.split("-")[0].replace("_", "-")
+
+
 def published(name: str) -> str:
     row = _get(name)
-    return PUBLISHED.format(dir=row.file.split("_pretrain")[0], file=row.file, arch=row.arch)
+    return PUBLISHED.format(dir=row.file.split("_pretrain")[0], file=row.file, arch=row.arch, hub=hub_repo(name))
 
 
 def create_dinov3(name: str, tiny: bool = False, qkv_bias: bool = False) -> Eva:
@@ -165,12 +186,82 @@ def _official_to_timm(state: dict[str, torch.Tensor], qkv_bias: bool, tiny: bool
     return checkpoint_filter_fn(dict(state), model)
 
 
+# transformers' DINOv3ViTModel names -> timm's Eva names, in order (first match wins). transformers >= 5 names
+# the blocks ``model.layer.N`` in memory and saves ``layer.N`` (the Hub files' names); both are read.
+_BLOCK = r"^(?:model\.)?layer\.(\d+)\."
+TRANSFORMERS_TO_TIMM = [
+    (r"^embeddings\.cls_token$", "cls_token"),
+    (r"^embeddings\.register_tokens$", "reg_token"),
+    (r"^embeddings\.patch_embeddings\.", "patch_embed.proj."),
+    (_BLOCK + r"attention\.o_proj\.", r"blocks.\1.attn.proj."),
+    (_BLOCK + r"attention\.", r"blocks.\1.attn."),  # q/k/v_proj: concatenated below
+    (_BLOCK + r"layer_scale(\d)\.lambda1$", r"blocks.\1.gamma_\2"),
+    (_BLOCK + r"mlp\.gate_proj\.", r"blocks.\1.mlp.fc1_g."),
+    (_BLOCK + r"mlp\.up_proj\.", r"blocks.\1.mlp.UP."),  # fc1_x (SwiGLU) or fc1
+    (_BLOCK + r"mlp\.down_proj\.", r"blocks.\1.mlp.fc2."),
+    (_BLOCK, r"blocks.\1."),  # norm1, norm2
+]
+TRANSFORMERS_DROPPED = ("embeddings.mask_token", "rope_embeddings.")  # pretraining only / recomputed
+
+
+def is_transformers_layout(state: dict[str, torch.Tensor]) -> bool:
+    return "embeddings.patch_embeddings.weight" in state and "embeddings.register_tokens" in state
+
+
+def transformers_to_timm(state: dict[str, torch.Tensor], path: Path | str = "the file") -> dict[str, torch.Tensor]:
+    """transformers ``DINOv3ViTModel`` keys -> timm's (module docstring). Keys it does not know are kept under
+    their own names, so the shape check lists them."""
+    gated = any(re.search(r"\.mlp\.gate_proj\.", key) for key in state)
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        if key.startswith(TRANSFORMERS_DROPPED):
+            continue
+        if key.endswith(".attention.k_proj.bias") and value.any():  # RoPE rotates it: not a softmax no-op
+            raise ValueError(f"checkpoint {path}: {key} is not zero; DINOv3 has no key bias (transformers' "
+                             f"key_bias=False, the official bias_mask) and timm's Eva cannot represent one")
+        for pattern, replacement in TRANSFORMERS_TO_TIMM:
+            if re.search(pattern, key):
+                key = re.sub(pattern, replacement, key).replace(".UP.", ".fc1_x." if gated else ".fc1.")
+                break
+        out[key] = value
+    for key in [k for k in out if k.endswith(".attn.q_proj.weight")]:
+        block = key[:-len("q_proj.weight")]
+        parts = [block + f"{p}_proj.weight" for p in "qkv"]
+        if all(p in out for p in parts):
+            out[block + "qkv.weight"] = torch.cat([out.pop(p) for p in parts])  # (3d, d), timm's q, k, v order
+        out.pop(block + "k_proj.bias", None)  # zero (checked above)
+        for p in "qv":
+            if block + f"{p}_proj.bias" in out:
+                out[block + f"{p}_bias"] = out.pop(block + f"{p}_proj.bias")
+    return out
+
+
+def _check_transformers_config(path: Path, name: str, tiny: bool, gated: bool) -> None:
+    """Refuse a ``config.json`` beside a transformers file that describes another model than ``name``, in
+    what the weights' shapes cannot show. No config.json: nothing to check (the keys give the rest)."""
+    config_path = path.with_name("config.json")
+    if not config_path.is_file():
+        return
+    config = json.loads(config_path.read_text())
+    with torch.device("meta"):
+        model = create_dinov3(name, tiny)
+    needs = {"model_type": "dinov3_vit", "patch_size": PATCH, "num_attention_heads": model.blocks[0].attn.num_heads,
+             "hidden_act": "silu" if gated else "gelu", "layer_norm_eps": model.norm.eps,
+             "rope_theta": model.rope.temperature, "num_register_tokens": REGISTERS}
+    wrong = [f"{key}={config[key]!r} (needs {value!r})" for key, value in needs.items()
+             if key in config and config[key] != value]
+    if wrong:
+        raise ValueError(f"{config_path} (beside {path.name}) describes another model than "
+                         f"{f'tiny {name}' if tiny else name}: {', '.join(wrong)}. Use the files of "
+                         f"{hub_repo(name)} or remove the config.json that does not belong to these weights")
+
+
 def load_dinov3_backbone(name: str, checkpoint: str | Path, layers: Sequence[int] | None = None,
                          add_pos_embed: bool = False, device: str = "cpu", tiny: bool | None = None,
                          dtype: str = "fp32", pad_after_normalize: bool = False) -> ViTBackbone:
     """The frozen DINOv3 backbone ``name`` (a key of DINOV3_BACKBONES) with weights from a local file.
 
-    ``checkpoint``: the official ``.pth`` or timm's ``model.safetensors`` (see the module docstring).
+    ``checkpoint``: the official ``.pth``, timm's or transformers' ``model.safetensors`` (module docstring).
     ``tiny``: build the TINY variant; None infers it from the file (its width and depth equal TINY's).
     ``add_pos_embed`` is refused (RoPE: no table). Other arguments: see ``ViTBackbone``."""
     row = _get(name)
@@ -180,6 +271,9 @@ def load_dinov3_backbone(name: str, checkpoint: str | Path, layers: Sequence[int
                                 f"{published(name)} (or make a random tiny one with "
                                 f"bench.backbones.dinov3.save_random_checkpoint('{name}', path))")
     raw = _read_state_dict(path)
+    transformers = is_transformers_layout(raw)
+    if transformers:
+        raw = transformers_to_timm(raw, path)
     proj = raw.get("patch_embed.proj.weight")
     width = proj.shape[0] if proj is not None else None
     depth = len({m.group(1) for key in raw if (m := re.match(r"blocks\.(\d+)\.", key))})
@@ -194,8 +288,13 @@ def load_dinov3_backbone(name: str, checkpoint: str | Path, layers: Sequence[int
                              f"it is not the file of {name} ({row.file})")
         state = _official_to_timm(raw, qkv_bias, tiny, name, path)
         periods = raw.get("rope_embed.periods")
+    elif transformers:
+        state, fmt = raw, "transformers DINOv3ViTModel keys"
+        qkv_bias = "blocks.0.attn.q_bias" in state and row.qkvb_arch is not None
     else:
         state, fmt = to_timm_keys(raw)  # timm keys (or an official DINOv2 file, named in the error below)
+        if fmt == "timm keys" and any(key.startswith("embeddings.") for key in state):
+            fmt = "the keys of another transformers model (not DINOv3ViTModel)"
         qkv_bias = "blocks.0.attn.q_bias" in state and row.qkvb_arch is not None
     given = _shapes(state)
     expected = _expected(name, tiny, qkv_bias)
@@ -206,6 +305,8 @@ def load_dinov3_backbone(name: str, checkpoint: str | Path, layers: Sequence[int
             f"checkpoint {path} does not fit backbone {f'tiny {name} (TINY={TINY})' if tiny else name}, which "
             f"needs {describe(expected)}. The file holds {fmt}: {describe(given)} — {verdict}. "
             f"Keys: {state_dict_diff(expected, given, limit=4)}. Use the file of {name} (official: {row.file})")
+    if transformers:  # after the shapes, which name a wrong file best
+        _check_transformers_config(path, name, tiny, gated="blocks.0.mlp.fc1_g.weight" in state)
     model = create_dinov3(name, tiny, qkv_bias)
     model.load_state_dict(state, strict=True)
     if periods is not None:
