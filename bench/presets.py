@@ -89,6 +89,7 @@ WEIGHTS = {
         # SigLIP 2 and C-RADIO: the names experiments/backbones_2025.yaml runs
         "backbone.params.siglip2_vitb16_256.checkpoint": f"{_RANDOM}siglip2_vitb16_256_tiny_random.safetensors",
         "backbone.params.radio_v3_vitl16.checkpoint": f"{_RANDOM}radio_v3_vitl16_tiny_random.safetensors",
+        "backbone.params.radio_v25_vitl16.checkpoint": f"{_RANDOM}radio_v25_vitl16_tiny_random.safetensors",
         "backbone.params.dinotxt_vitl16.checkpoint": f"{_RANDOM}dinotxt_vitl16_tiny_random.pth",
         "backbone.params.dinotxt_vitl16.backbone_checkpoint": f"{_RANDOM}dinov3_vitl16_tiny_random.pth",
         "backbone.params.imagenet_vitl.checkpoint": f"{_RANDOM}imagenet_vitl_tiny_random.safetensors",

@@ -114,7 +114,8 @@ def test_registry():
                               "siglip2_so400m14", "siglip2_so400m14_378", "siglip2_so400m16_256", "siglip2_so400m16_384",
                               "siglip2_so400m16_512", "siglip2_gopt16_256", "siglip2_gopt16_384", "radio_v3_vitb16",
                               "radio_v3_vitl16", "radio_v3_vith16", "radio_v3_vitg16", "radio_v4_so400m16",
-                              "radio_v4_vith16", "dinotxt_vitl16"}
+                              "radio_v4_vith16", "dinotxt_vitl16", "radio_v25_vitb16", "radio_v25_vitl16",
+                              "radio_v25_vith16"}
     backbone = build_backbone("colortexture", patch_size=16, orientation_bins=6)
     assert (backbone.patch_size, backbone.embed_dim) == (16, 7 + 4 * 6 + 10)
     assert backbone.features(_random_image(33, 17)).shape == (backbone.embed_dim, 3, 2)

@@ -17,14 +17,15 @@ from bench.weights import read_checkpoint
 EXPERIMENT = "backbones_2025"
 # backbone -> (patch size, width of its tiny random model), written out rather than read from the modules
 TINY_GRID = {"dinov2_vitl14_reg": (14, 48), "dinov3_vitl16": (16, 48), "siglip2_vitb16_256": (16, 64),
-             "radio_v3_vitl16": (16, 64)}
+             "radio_v3_vitl16": (16, 64), "radio_v25_vitl16": (16, 64)}
 # keys that only the official file layout of each family has (DINOv2 hub .pth, DINOv3 hub .pth, open_clip's
 # whole-model safetensors, NVIDIA's C-RADIO model.safetensors)
 OFFICIAL_KEYS = {
     "dinov2_vitl14_reg": {"register_tokens", "pos_embed", "blocks.0.ls1.gamma"},
     "dinov3_vitl16": {"storage_tokens", "rope_embed.periods", "blocks.0.attn.qkv.bias_mask"},
     "siglip2_vitb16_256": {"visual.trunk.pos_embed", "visual.trunk.attn_pool.latent", "logit_bias"},
-    "radio_v3_vitl16": {"radio_model.model.patch_generator.pos_embed", "input_conditioner.norm_mean"},
+    "radio_v3_vitl16": {"radio_model.model.patch_generator.pos_embed", "radio_model.input_conditioner.norm_mean"},
+    "radio_v25_vitl16": {"radio_model.model.patch_generator.pos_embed", "radio_model.input_conditioner.norm_mean"},
 }
 
 

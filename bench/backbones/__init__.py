@@ -207,7 +207,8 @@ BACKBONES = {
     **DINOV2_REG_FAMILY,  # dinov2_vit{s,b,l,g}14_reg: DINOv2 with 4 registers (dropped from the grid)
     **DINOV3_FAMILY,  # dinov3_vit{s,s+,b,l,h+}16, dinov3_vit7b16: RoPE, 4 registers (timm's Eva)
     **SIGLIP_FAMILY,  # siglip2_*: SigLIP 2 trunks (open_clip files), patch tokens, no class token
-    **RADIO_FAMILY,  # radio_v3_* / radio_v4_*: C-RADIO (NVIDIA's or timm's files), registers dropped
+    **RADIO_FAMILY,  # radio_v25_* (NVIDIA's HF or torch-hub files), radio_v3_* / radio_v4_* (C-RADIO: NVIDIA's or
+                     # timm's files); class tokens and registers dropped
     "dinotxt_vitl16": _dinotxt,  # DINOv3 ViT-L/16 + dino.txt's vision head: patch tokens in its text space
     **{name: _clip(name) for name in CLIP_NAMES},  # clip_vitb32 (full-resolution grid), maskclip_vitl14 (fixed
                                                   # positional embedding)

@@ -53,6 +53,8 @@ RANDOM_CHECKPOINTS = {
         lambda p: backbones_siglip.save_random_checkpoint("siglip2_vitb16_256", p, tokenizer=True),
     "radio_v3_vitl16_tiny_random.safetensors":  # NVIDIA's model.safetensors layout (128x128 table: 4 MB)
         lambda p: backbones_radio.save_random_checkpoint("radio_v3_vitl16", p, layout="nvidia"),
+    "radio_v25_vitl16_tiny_random.safetensors":  # NVIDIA's Hugging Face layout (nvidia/RADIO-L)
+        lambda p: backbones_radio.save_random_checkpoint("radio_v25_vitl16", p, layout="nvidia"),
     # dino.txt's head-and-text-encoder file (pairs with dinov3_vitl16_tiny_random.pth above) and, beside it as
     # bench.openvocab looks for it, CLIP's BPE vocabulary (the copy open_clip ships)
     "dinotxt_vitl16_tiny_random.pth": lambda p: backbones_dinotxt.save_random_checkpoint(p, bpe=True),
