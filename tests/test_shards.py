@@ -105,7 +105,8 @@ def _shard_contents(split_dir: Path) -> dict[str, str]:
         [s["keys"] for s in manifest["shards"]])}
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+# with workers: ~10 s more, in `make test-slow` (the default suite stays under 15 minutes on 2 cores)
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
 def test_two_array_jobs_write_the_same_shards_as_one(tiny_root, tmp_path, workers):
     """index/count split: each job writes its own shards; the last one merges the manifest. With
     worker processes making the samples (bench/pipeline.py) too."""
@@ -125,7 +126,7 @@ def children(pid: int) -> list[int]:
     return [int(c) for c in path.read_text().split()] if path.exists() else []
 
 
-@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])  # workers: ~19 s, make test-slow
 def test_kill_9_mid_extraction_then_resume_gives_identical_shards(tiny_root, tmp_path, workers):
     """Kill the extractor while a shard is being written; the re-run ends identical. With worker
     processes (bench/pipeline.py) they exit with it: none is left behind."""
