@@ -113,13 +113,14 @@ def evaluate(cfg: DictConfig) -> dict[str, dict]:
 
 def next_steps(cfg: DictConfig):
     """cell -> the command that fills it after extraction: train.py for a cell whose task trains, else
-    eval.py. A cell's task is the last ``task`` its layers set (cell, row, column, experiment), so a
+    eval.py. A cell's task is the one its layers set last (command line, cell, row, column, experiment), so a
     trained row in a zero-shot table (a pseudo-label student) is told to train."""
     rows, columns, cells = table_rows(cfg), cfg.table.columns or {}, cfg.table.cells or {}
+    command_line = any(str(o).split("=", 1)[0] == "task" for o in cfg.overrides or [])
 
     def step(cell: str) -> str:
         row, column = cell.split("/", 1)
-        layers = (cells.get(cell) or {}, rows.get(row) or {}, columns.get(column) or {})
+        layers = () if command_line else (cells.get(cell) or {}, rows.get(row) or {}, columns.get(column) or {})
         task = next((layer["task"] for layer in layers if "task" in layer), cfg.task)
         return "train.py" if get_task(task).trains else "eval.py"
     return step

@@ -144,24 +144,22 @@ class ZeroShotPatches(ZeroShot, PatchSegmenter):
             d, h, w = patches.shape
             vectors = patches.reshape(d, h * w).T
             if self.smoothing is None:  # cosines upsampled, then probabilities per pixel
-                scores = self.cosines(self.split(vectors)[0])
-            else:  # MaskCLIP: the smoothed rows upsampled
-                scores = self.probabilities(vectors)
-            scores = self.upsample(scores.T.reshape(1, -1, h, w), meta).flatten(1).T  # (H*W, T)
-            if self.smoothing is None:
-                probs = class_probabilities(scores, *self.rule)  # (H*W, C)
-            else:
-                probs = background_rule(scores, self.rule[0], self.rule[1])
+                cosines = self.to_pixels(self.cosines(self.split(vectors)[0]), (h, w), meta)
+                probs = class_probabilities(cosines, *self.rule)
+            else:  # MaskCLIP: the smoothed probability rows upsampled
+                probs = background_rule(self.to_pixels(self.probabilities(vectors), (h, w), meta), *self.rule[:2])
             preds.append(probs.argmax(dim=-1).reshape(meta["height"], meta["width"]))
         return preds
 
     @staticmethod
-    def upsample(grid: Tensor, meta: dict) -> Tensor:
-        """(1, T, h, w) per-patch scores -> (T, H, W): bilinear to the padded image, the padding cut off."""
-        h, w = grid.shape[-2:]
-        p, (top, left) = meta["patch_size"], meta["pad"]
+    def to_pixels(scores: Tensor, grid_size: tuple[int, int], meta: dict) -> Tensor:
+        """(h*w, T) per-patch scores of an (h, w) grid -> (H*W, T) per pixel: bilinear to the padded image,
+        the padding cut off."""
+        (h, w), p, (top, left) = grid_size, meta["patch_size"], meta["pad"]
+        height, width = meta["height"], meta["width"]
+        grid = scores.T.reshape(1, -1, h, w)
         pixels = F.interpolate(grid, size=(h * p, w * p), mode="bilinear", align_corners=False)[0]
-        return pixels[:, top:top + meta["height"], left:left + meta["width"]]
+        return pixels[:, top:top + height, left:left + width].flatten(1).T
 
 
 MODELS = {"region": ZeroShotRegions, "patch": ZeroShotPatches}

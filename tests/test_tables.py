@@ -153,3 +153,16 @@ def test_train_refuses_a_retrieval_experiment():
 
     with pytest.raises(ValueError, match="nothing to train.*eval.py experiment=table8_retrieval"):
         train(load_config(["experiment=table8_retrieval"]))
+
+
+def test_missing_cells_of_a_mixed_task_table_name_the_command_of_their_own_task():
+    """In the zero-shot table the MaskCLIP+ row trains (task: segmentation): its hint is train.py, the
+    others' eval.py; a task= on the command line wins over the rows'."""
+    from bench.tables import missing_commands
+    from eval import next_steps
+
+    cfg = load_config(["experiment=zeroshot_segmentation"])
+    hints = missing_commands(cfg, {"maskclip_plus_vitl14/voc": None, "clip_vitb16_patch/voc": None}, next_steps(cfg))
+    assert "python train.py" in hints[0] and "python eval.py" in hints[1]
+    forced = load_config(["experiment=zeroshot_segmentation", "task=zeroshot"])
+    assert next_steps(forced)("maskclip_plus_vitl14/voc") == "eval.py"
